@@ -1,0 +1,36 @@
+# Thin wrappers over go commands. `make test` is the README's test command and
+# what CI runs (through .ci/run).
+
+GO ?= go
+STATICCHECK_VERSION ?= v0.8.2
+
+.PHONY: run test deps-test lint staticcheck fmt-check bench fuzz
+
+## run: serve the HTTP API on 127.0.0.1:8080 with the in-process memory backend
+run:
+	$(GO) run ./cmd/eleva-redis serve
+
+## test: install redis-server when missing (as root, with apt-get), then run every test with -race
+test: deps-test
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+deps-test:
+	@./scripts/ensure-test-deps.sh
+
+## lint: gofmt, go vet and staticcheck
+lint: fmt-check staticcheck
+	$(GO) vet ./...
+
+staticcheck:
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION) ./...
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+## bench: our backends vs the peer libraries on the same Redis, printed as a table of ratios
+bench: deps-test
+	cd bench && $(GO) run . $(BENCH_FLAGS)
+
+## fuzz: run each fuzz target for a short while
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzKey -fuzztime 30s ./internal/keys/
