@@ -22,7 +22,26 @@ type measurement struct {
 	Degraded uint64        // of which came from our failure policy
 	Elapsed  time.Duration // length of the measured interval
 	Mallocs  uint64        // heap allocations during the measured interval (whole process)
-	FirstErr error
+	// ServerCalls and ServerUsec are redis-server's command count and time
+	// spent in commands (INFO commandstats), warm-up included: they tell
+	// how much server CPU one decision costs.
+	ServerCalls, ServerUsec uint64
+	FirstErr                error
+}
+
+// add accumulates another round of the same side.
+func (m *measurement) add(o measurement) {
+	m.Ops += o.Ops
+	m.Allowed += o.Allowed
+	m.Errors += o.Errors
+	m.Degraded += o.Degraded
+	m.Elapsed += o.Elapsed
+	m.Mallocs += o.Mallocs
+	m.ServerCalls += o.ServerCalls
+	m.ServerUsec += o.ServerUsec
+	if m.FirstErr == nil {
+		m.FirstErr = o.FirstErr
+	}
 }
 
 // OpsPerSec is decisions per second over the measured interval.

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -45,6 +46,7 @@ const (
 type config struct {
 	duration   time.Duration
 	warmup     time.Duration
+	rounds     int
 	goroutines []int
 	keys       int
 	hot        bool
@@ -93,15 +95,18 @@ func main() {
 		cfg        config
 		only       string
 		goroutines string
+		cpuProfile string
 	)
 	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured interval of each side of each cell")
 	flag.DurationVar(&cfg.warmup, "warmup", 500*time.Millisecond, "warm-up before each measured interval (not counted)")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "split each side's -duration into this many rounds, alternating peer and ours, so background load hits both alike")
 	flag.StringVar(&goroutines, "goroutines", "1,16,128", "goroutine counts of the Redis benchmarks (memory benchmarks use GOMAXPROCS)")
 	flag.IntVar(&cfg.keys, "keys", 10000, "size of the key space; each decision picks a key uniformly at random")
 	flag.BoolVar(&cfg.hot, "hot", true, "also run a hot-key variant (every decision on one key)")
 	flag.StringVar(&only, "only", strings.Join(allBenches, ","), "comma-separated benchmarks to run: "+strings.Join(allBenches, ", "))
 	flag.StringVar(&cfg.redisURL, "redis-url", os.Getenv("ELEVA_BENCH_REDIS_URL"),
 		"use this Redis instead of a private redis-server (default $ELEVA_BENCH_REDIS_URL); its database is FLUSHED between runs")
+	flag.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to this file (for `go tool pprof`)")
 	flag.Parse()
 
 	var err error
@@ -111,8 +116,8 @@ func main() {
 	if cfg.only, err = parseOnly(only); err != nil {
 		fatalf(2, "bench: -only: %v", err)
 	}
-	if cfg.keys < 1 || cfg.duration <= 0 || cfg.warmup < 0 {
-		fatalf(2, "bench: -keys must be positive, -duration positive, -warmup not negative")
+	if cfg.keys < 1 || cfg.duration <= 0 || cfg.warmup < 0 || cfg.rounds < 1 {
+		fatalf(2, "bench: -keys, -duration and -rounds must be positive, -warmup not negative")
 	}
 	cfg.progress = os.Stderr
 
@@ -127,7 +132,19 @@ func main() {
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
 		go func() { <-sig; srv.stop(); os.Exit(130) }()
 	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			fatalf(1, "bench: -cpuprofile: %v", err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fatalf(1, "bench: -cpuprofile: %v", err)
+		}
+	}
 	rows, info, err := run(context.Background(), cfg)
+	if cpuProfile != "" {
+		pprof.StopCPUProfile()
+	}
 	srv.stop()
 	if err != nil {
 		fatalf(1, "%v", err)
@@ -203,10 +220,14 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 		}{"1 hot", []string{"hot"}})
 	}
 
-	measureSide := func(s side, g int, keys []string, memory bool) (measurement, error) {
+	rounds := max(cfg.rounds, 1)
+	measureSide := func(s side, g int, keys []string, memory bool, d time.Duration) (measurement, error) {
 		if !memory {
 			if err := admin.Do(ctx, admin.B().Flushdb().Build()).Error(); err != nil {
 				return measurement{}, fmt.Errorf("bench: FLUSHDB: %w", err)
+			}
+			if err := admin.Do(ctx, admin.B().ConfigResetstat().Build()).Error(); err != nil {
+				return measurement{}, fmt.Errorf("bench: CONFIG RESETSTAT: %w", err)
 			}
 		}
 		fn, closeFn, err := s.make(e, g)
@@ -214,9 +235,18 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 			return measurement{}, fmt.Errorf("bench: %s: %w", s.name, err)
 		}
 		defer closeFn()
-		m := measure(ctx, g, cfg.warmup, cfg.duration, keys, fn)
+		m := measure(ctx, g, cfg.warmup, d, keys, fn)
+		if !memory {
+			// Read before closeFn, but after the load stopped. The
+			// admin client's own INFO is not yet counted in its reply.
+			s, err := admin.Do(ctx, admin.B().Info().Section("commandstats").Build()).ToString()
+			if err != nil {
+				return m, fmt.Errorf("bench: INFO commandstats: %w", err)
+			}
+			m.ServerCalls, m.ServerUsec = parseCommandStats(s)
+		}
 		if m.Ops == 0 {
-			return m, fmt.Errorf("bench: %s with %d goroutines made no decision in %s (first error: %v)", s.name, g, cfg.duration, m.FirstErr)
+			return m, fmt.Errorf("bench: %s with %d goroutines made no decision in %s (first error: %v)", s.name, g, d, m.FirstErr)
 		}
 		return m, nil
 	}
@@ -231,18 +261,30 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 		for _, ks := range keySpaces {
 			for _, g := range counts {
 				r := row{Bench: c.bench, OursName: c.ours.name, PeerName: c.peer.name, Memory: c.memory, KeySpace: ks.name, Goroutines: g}
-				fmt.Fprintf(progress, "bench: %s, %s keys, %d goroutines: %s ... ", c.bench, ks.name, g, c.peer.name)
-				var err error
-				// Peer first, then ours: neither side gets a warmer
-				// server, as each starts on a flushed database.
-				if r.Peer, err = measureSide(c.peer, g, ks.keys, c.memory); err != nil {
-					return nil, info, err
+				fmt.Fprintf(progress, "bench: %s, %s keys, %d goroutines: %s vs %s", c.bench, ks.name, g, c.ours.name, c.peer.name)
+				// Each round measures both sides for duration/rounds,
+				// alternating which goes first, so a burst of background
+				// load does not land on one side only. Every side of every
+				// round starts on a flushed database with a fresh client.
+				slice := max(cfg.duration/time.Duration(rounds), time.Millisecond)
+				for i := 0; i < rounds; i++ {
+					order := []struct {
+						s   side
+						acc *measurement
+					}{{c.peer, &r.Peer}, {c.ours, &r.Ours}}
+					if i%2 == 1 {
+						order[0], order[1] = order[1], order[0]
+					}
+					for _, o := range order {
+						m, err := measureSide(o.s, g, ks.keys, c.memory, slice)
+						if err != nil {
+							return nil, info, err
+						}
+						o.acc.add(m)
+					}
+					fmt.Fprint(progress, ".")
 				}
-				fmt.Fprintf(progress, "%s ... ", c.ours.name)
-				if r.Ours, err = measureSide(c.ours, g, ks.keys, c.memory); err != nil {
-					return nil, info, err
-				}
-				fmt.Fprintln(progress, "done")
+				fmt.Fprintln(progress, " done")
 				rows = append(rows, r)
 			}
 		}
@@ -251,4 +293,37 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 		return nil, info, errors.New("bench: nothing to run")
 	}
 	return rows, info, nil
+}
+
+// parseCommandStats sums calls and usec of the script commands (EVAL,
+// EVALSHA and their _RO forms, FCALL) in an INFO commandstats reply
+// ("cmdstat_evalsha:calls=3,usec=40,..."). Every decision of every side is
+// one script call; commands run inside scripts have lines of their own,
+// already included in the script's usec, so they are left out.
+func parseCommandStats(info string) (calls, usec uint64) {
+	for _, line := range strings.Split(info, "\n") {
+		name, fields, ok := strings.Cut(strings.TrimSpace(line), ":")
+		switch name {
+		case "cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall", "cmdstat_fcall_ro":
+		default:
+			continue
+		}
+		if !ok {
+			continue
+		}
+		for _, f := range strings.Split(fields, ",") {
+			k, v, _ := strings.Cut(f, "=")
+			n, err := strconv.ParseUint(v, 10, 64)
+			if err != nil {
+				continue
+			}
+			switch k {
+			case "calls":
+				calls += n
+			case "usec":
+				usec += n
+			}
+		}
+	}
+	return calls, usec
 }

@@ -23,6 +23,21 @@ type machineInfo struct {
 	RedisVersion string
 	PoolSize     int
 	Modules      []string
+	LoadBefore   string
+}
+
+// loadAvg is the 1, 5 and 15-minute load averages: on a small machine
+// anything else running skews the figures, so the report says so.
+func loadAvg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown"
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return "unknown"
+	}
+	return strings.Join(f[:3], " ")
 }
 
 func collectMachineInfo(ctx context.Context, admin rueidis.Client, poolSize int) machineInfo {
@@ -34,6 +49,7 @@ func collectMachineInfo(ctx context.Context, admin rueidis.Client, poolSize int)
 		OSArch:       runtime.GOOS + "/" + runtime.GOARCH,
 		RedisVersion: "n/a (no Redis benchmark selected)",
 		PoolSize:     poolSize,
+		LoadBefore:   loadAvg(),
 	}
 	if admin != nil {
 		info.RedisVersion = "unknown"
@@ -79,8 +95,9 @@ func render(rows []row, info machineInfo, cfg config) string {
 	fmt.Fprintf(&b, "## Results (%s)\n\n", time.Now().UTC().Format("2006-01-02 15:04 UTC"))
 	fmt.Fprintf(&b, "- CPU: %s (%d logical CPUs), GOMAXPROCS %d, %s, %s\n", info.CPU, info.NumCPU, info.GOMAXPROCS, info.GoVersion, info.OSArch)
 	fmt.Fprintf(&b, "- redis-server %s on loopback, client and server on the same machine\n", info.RedisVersion)
-	fmt.Fprintf(&b, "- %s measured per side per cell after %s warm-up; database flushed before each side; peers' go-redis PoolSize %d\n",
-		cfg.duration, cfg.warmup, info.PoolSize)
+	fmt.Fprintf(&b, "- %s measured per side per cell, in %d alternating rounds each after a %s warm-up on a flushed database; peers' go-redis PoolSize %d\n",
+		cfg.duration, max(cfg.rounds, 1), cfg.warmup, info.PoolSize)
+	fmt.Fprintf(&b, "- load average (1/5/15 min) before: %s, after: %s\n", info.LoadBefore, loadAvg())
 	if len(info.Modules) > 0 {
 		fmt.Fprintf(&b, "- modules: %s\n", strings.Join(info.Modules, ", "))
 	}
@@ -92,7 +109,7 @@ func render(rows []row, info machineInfo, cfg config) string {
 			ns := r.Ours.NsPerOp() / r.Peer.NsPerOp()
 			fmt.Fprintf(&b, "| %s (ns/op, lower is better) | %s | %d | %.1f ns/op | %.1f ns/op | %.2f | %s |\n",
 				name, r.KeySpace, r.Goroutines, r.Ours.NsPerOp(), r.Peer.NsPerOp(), ns, memNsTarget(r))
-			fmt.Fprintf(&b, "| %s (allocs/op) | %s | %d | %.2f allocs/op | %.2f allocs/op | %s | %s |\n",
+			fmt.Fprintf(&b, "| %s (allocs/op) | %s | %d | %.3f allocs/op | %.3f allocs/op | %s | %s |\n",
 				name, r.KeySpace, r.Goroutines, r.Ours.AllocsPerOp(), r.Peer.AllocsPerOp(), allocRatio(r), memAllocTarget(r))
 			continue
 		}
@@ -100,16 +117,21 @@ func render(rows []row, info machineInfo, cfg config) string {
 			name, r.KeySpace, r.Goroutines, thousands(r.Ours.OpsPerSec()), thousands(r.Peer.OpsPerSec()),
 			r.Ours.OpsPerSec()/r.Peer.OpsPerSec(), redisTarget(r))
 	}
-	b.WriteString("\nDetails (decisions in the measured interval; allowed should be ~100%, errors and degraded 0):\n\n")
-	b.WriteString("| benchmark | keys | goroutines | side | decisions | allowed | errors | degraded |\n")
-	b.WriteString("|---|---|---:|---|---:|---:|---:|---:|\n")
+	b.WriteString("\nDetails: decisions in the measured intervals (allowed should be ~100%, errors and degraded 0), and the mean time\n" +
+		"redis-server spent executing one EVALSHA of that side (INFO commandstats, warm-up included):\n\n")
+	b.WriteString("| benchmark | keys | goroutines | side | decisions | allowed | errors | degraded | redis-server µs per script call |\n")
+	b.WriteString("|---|---|---:|---|---:|---:|---:|---:|---:|\n")
 	for _, r := range rows {
 		for _, s := range []struct {
 			name string
 			m    measurement
 		}{{r.OursName, r.Ours}, {r.PeerName, r.Peer}} {
-			fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %.1f%% | %d | %d |\n",
-				r.Bench, r.KeySpace, r.Goroutines, s.name, s.m.Ops, 100*float64(s.m.Allowed)/float64(s.m.Ops), s.m.Errors, s.m.Degraded)
+			server := "—"
+			if s.m.ServerCalls > 0 {
+				server = fmt.Sprintf("%.2f", float64(s.m.ServerUsec)/float64(s.m.ServerCalls))
+			}
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %d | %.1f%% | %d | %d | %s |\n",
+				r.Bench, r.KeySpace, r.Goroutines, s.name, s.m.Ops, 100*float64(s.m.Allowed)/float64(s.m.Ops), s.m.Errors, s.m.Degraded, server)
 		}
 	}
 	for _, r := range rows {
@@ -166,7 +188,7 @@ func memAllocTarget(r row) string {
 }
 
 func allocRatio(r row) string {
-	if r.Peer.AllocsPerOp() == 0 {
+	if r.Peer.AllocsPerOp() < 0.005 {
 		return "—"
 	}
 	return fmt.Sprintf("%.2f", r.Ours.AllocsPerOp()/r.Peer.AllocsPerOp())

@@ -13,9 +13,11 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -81,6 +83,7 @@ type server struct {
 	maxBody        int64
 	version        string
 	mux            *http.ServeMux
+	openapiOnce    sync.Once
 	openapi        []byte
 	// methods are the table's methods, probed to tell 405 from 404.
 	methods []string
@@ -143,14 +146,19 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw := &statusWriter{ResponseWriter: w}
 	sw.Header().Set("X-Request-Id", rid)
 
-	h, pattern := s.mux.Handler(r)
+	_, pattern := s.mux.Handler(r)
+	if !cleanPath(r.URL.Path) {
+		// The mux would redirect to the cleaned path ("/v1/x/../y" to
+		// "/v1/y"); the API has no redirects, and a client sending such a
+		// path has a bug worth a clear 404.
+		pattern = ""
+	}
 	route := routeLabel(pattern)
+	var h http.Handler = s.mux // lets the mux set r.Pattern and the path values
 	if pattern == "" {
 		// No route matched. Our own fallback gives 404 or 405 in the API's
 		// JSON error format instead of the mux's plain-text answers.
 		h = http.HandlerFunc(s.unmatched)
-	} else {
-		h = s.mux // lets the mux set r.Pattern and the path values
 	}
 
 	defer func() {
@@ -195,7 +203,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *server) unmatched(w http.ResponseWriter, r *http.Request) {
 	var allow []string
 	for _, m := range s.methods {
-		if m == r.Method {
+		if m == r.Method || !cleanPath(r.URL.Path) {
 			continue
 		}
 		probe := r.Clone(r.Context())
@@ -217,6 +225,19 @@ func (s *server) unmatched(w http.ResponseWriter, r *http.Request) {
 }
 
 func joinComma(ss []string) string { return strings.Join(ss, ", ") }
+
+// cleanPath reports whether p is already in the form path.Clean gives
+// (trailing slash allowed), so the mux would not redirect it.
+func cleanPath(p string) bool {
+	if p == "" || p[0] != '/' {
+		return false
+	}
+	c := path.Clean(p)
+	if strings.HasSuffix(p, "/") && c != "/" {
+		c += "/"
+	}
+	return c == p
+}
 
 // routeLabel turns a mux pattern ("POST /v1/x/{name}") into the bounded route
 // label of logs and metrics ("/v1/x/{name}"); unmatched requests share one.

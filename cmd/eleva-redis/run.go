@@ -1,0 +1,428 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"runtime"
+	"runtime/debug"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	elevaredis "github.com/elevacare/eleva-redis"
+	"github.com/elevacare/eleva-redis/internal/server"
+	"github.com/elevacare/eleva-redis/ratelimit"
+)
+
+// version is the release version, set at build time with
+// -ldflags "-X main.version=v1.2.3"; empty means "from the build info".
+var version string
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitFailure = 1 // a runtime failure: Redis unreachable, address in use
+	exitUsage   = 2 // bad command line, environment or configuration
+)
+
+// openTimeout bounds connecting to Redis at start-up.
+const openTimeout = 15 * time.Second
+
+const usageText = `eleva-redis: the Eleva Care shared state layer (rate limiting) over HTTP.
+
+Usage:
+  eleva-redis [serve] [flags]   serve the HTTP API (the default command)
+  eleva-redis version           print the version
+  eleva-redis help              print this help
+
+Every flag has an ELEVA_* environment variable; a flag given on the command
+line wins over the environment. Prefer the environment for secrets
+(ELEVA_API_KEYS, ELEVA_REDIS_URL with a password, ELEVA_KEY_HASH_SECRET):
+command lines are visible to other local users.
+
+Serve flags:
+`
+
+// run is the whole command: main only adds the process (signals, exit).
+// It returns the exit code.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cmd := "serve"
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		cmd, args = args[0], args[1:]
+	}
+	switch cmd {
+	case "serve":
+		return serve(ctx, args, getenv, stdout, stderr)
+	case "version":
+		if len(args) > 0 {
+			fmt.Fprintf(stderr, "eleva-redis version: unexpected arguments %q\n", args)
+			return exitUsage
+		}
+		fmt.Fprintf(stdout, "eleva-redis %s (%s, %s/%s)\n", buildVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		return exitOK
+	case "help":
+		printUsage(stdout)
+		return exitOK
+	default:
+		fmt.Fprintf(stderr, "eleva-redis: unknown command %q\n\n", cmd)
+		printUsage(stderr)
+		return exitUsage
+	}
+}
+
+func printUsage(w io.Writer) {
+	fs, _ := newFlagSet(&config{})
+	fmt.Fprint(w, usageText)
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+}
+
+// buildVersion is the -ldflags version, else the module version or VCS
+// revision recorded by the Go toolchain, else "dev".
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "dev"
+	}
+	if v := bi.Main.Version; v != "" && v != "(devel)" {
+		return v
+	}
+	var rev, dirty string
+	for _, s := range bi.Settings {
+		switch s.Key {
+		case "vcs.revision":
+			rev = s.Value
+		case "vcs.modified":
+			if s.Value == "true" {
+				dirty = "-dirty"
+			}
+		}
+	}
+	if len(rev) > 12 {
+		rev = rev[:12]
+	}
+	if rev == "" {
+		return "dev"
+	}
+	return "dev-" + rev + dirty
+}
+
+// config is the serve configuration after flags and environment.
+type config struct {
+	redisURL        string
+	listen          string
+	apiKeys         string
+	keyPrefix       string
+	keyHashSecret   string
+	policiesFile    string
+	maxBodyBytes    int64
+	logLevel        string
+	logFormat       string
+	rlTimeout       time.Duration
+	rlOnError       string
+	localInstances  int
+	shutdownTimeout time.Duration
+}
+
+// envNames maps each flag to its environment variable.
+var envNames = map[string]string{
+	"redis-url":          "ELEVA_REDIS_URL",
+	"listen":             "ELEVA_LISTEN",
+	"api-keys":           "ELEVA_API_KEYS",
+	"key-prefix":         "ELEVA_KEY_PREFIX",
+	"key-hash-secret":    "ELEVA_KEY_HASH_SECRET",
+	"policies":           "ELEVA_POLICIES_FILE",
+	"max-body-bytes":     "ELEVA_MAX_BODY_BYTES",
+	"log-level":          "ELEVA_LOG_LEVEL",
+	"log-format":         "ELEVA_LOG_FORMAT",
+	"ratelimit-timeout":  "ELEVA_RATELIMIT_TIMEOUT",
+	"ratelimit-on-error": "ELEVA_RATELIMIT_ON_ERROR",
+	"local-instances":    "ELEVA_RATELIMIT_LOCAL_INSTANCES",
+	"shutdown-timeout":   "ELEVA_SHUTDOWN_TIMEOUT",
+}
+
+// secretFlags are never echoed in error messages.
+var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true}
+
+func newFlagSet(c *config) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
+	fs.StringVar(&c.redisURL, "redis-url", "", "Redis `url`: redis://[user:pass@]host:port[/db], rediss:// for TLS;\n"+
+		"Cluster: redis://h1:p?addr=h2:p&addr=h3:p; Sentinel: redis://sentinel:26379?master_set=name;\n"+
+		"empty: the in-process memory backend (not shared, not durable)")
+	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "listen `address` (host:port; port 0 picks a free one); a non-loopback address requires API keys")
+	fs.StringVar(&c.apiKeys, "api-keys", "", "comma-separated API `keys` accepted as \"Authorization: Bearer <key>\" on /v1;\nnone: only loopback clients may call /v1")
+	fs.StringVar(&c.keyPrefix, "key-prefix", "", "`prefix` of every Redis key (default \"eleva:\")")
+	fs.StringVar(&c.keyHashSecret, "key-hash-secret", "", "`secret` to HMAC identifiers in Redis key names (keeps emails and patient ids out of Redis)")
+	fs.StringVar(&c.policiesFile, "policies", "", "rate-limit policies `file`, JSON or YAML")
+	fs.Int64Var(&c.maxBodyBytes, "max-body-bytes", server.DefaultMaxBodyBytes, "request body limit in `bytes`")
+	fs.StringVar(&c.logLevel, "log-level", "info", "log `level`: debug, info, warn or error")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.DurationVar(&c.rlTimeout, "ratelimit-timeout", 50*time.Millisecond, "bound of each rate-limit backend call; on timeout the failure policy decides")
+	fs.StringVar(&c.rlOnError, "ratelimit-on-error", "local", "default failure `policy` when the backend is slow or down: closed, open or local")
+	fs.IntVar(&c.localInstances, "local-instances", 1, "number of service `instances`; the local failure policy divides limits by it")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may take to finish after SIGTERM")
+	for name := range envNames {
+		if fs.Lookup(name) == nil {
+			return nil, fmt.Errorf("internal: no flag %q", name)
+		}
+	}
+	fs.VisitAll(func(f *flag.Flag) {
+		f.Usage += " [" + envNames[f.Name] + "]"
+	})
+	return fs, nil
+}
+
+// parseConfig reads the environment, then the flags (which win).
+func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (config, error) {
+	var c config
+	fs, err := newFlagSet(&c)
+	if err != nil {
+		return c, err
+	}
+	fs.SetOutput(io.Discard)
+	for name, env := range envNames {
+		v := getenv(env)
+		if v == "" {
+			continue
+		}
+		if err := fs.Set(name, v); err != nil {
+			shown := strconv.Quote(v)
+			if secretFlags[name] {
+				shown = "(hidden)"
+			}
+			return c, fmt.Errorf("%s=%s: %v", env, shown, err)
+		}
+	}
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "Usage: eleva-redis serve [flags]  (eleva-redis help for details)\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	return c, c.validate()
+}
+
+func (c config) validate() error {
+	switch c.logFormat {
+	case "text", "json":
+	default:
+		return fmt.Errorf("--log-format %q: want text or json", c.logFormat)
+	}
+	if _, err := parseLevel(c.logLevel); err != nil {
+		return err
+	}
+	switch ratelimit.FailurePolicy(c.rlOnError) {
+	case ratelimit.FailClosed, ratelimit.FailOpen, ratelimit.FailLocal:
+	default:
+		return fmt.Errorf("--ratelimit-on-error %q: want closed, open or local", c.rlOnError)
+	}
+	if c.maxBodyBytes <= 0 {
+		return fmt.Errorf("--max-body-bytes must be positive, got %d", c.maxBodyBytes)
+	}
+	if c.rlTimeout <= 0 {
+		return fmt.Errorf("--ratelimit-timeout must be positive, got %s", c.rlTimeout)
+	}
+	if c.localInstances <= 0 {
+		return fmt.Errorf("--local-instances must be positive, got %d", c.localInstances)
+	}
+	if c.shutdownTimeout <= 0 {
+		return fmt.Errorf("--shutdown-timeout must be positive, got %s", c.shutdownTimeout)
+	}
+	if _, _, err := net.SplitHostPort(c.listen); err != nil {
+		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
+	}
+	if len(c.keys()) == 0 && !loopbackHost(c.listen) {
+		return fmt.Errorf("refusing to listen on %q without API keys: set --api-keys / ELEVA_API_KEYS, "+
+			"or listen on a loopback address such as 127.0.0.1:8080", c.listen)
+	}
+	return nil
+}
+
+// keys returns the configured API keys, blanks dropped.
+func (c config) keys() []string {
+	var out []string
+	for k := range strings.SplitSeq(c.apiKeys, ",") {
+		if k = strings.TrimSpace(k); k != "" {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+// loopbackHost reports whether a host:port names a loopback address:
+// "localhost" or a loopback IP. An empty host (all interfaces) and other
+// names are not loopback.
+func loopbackHost(hostport string) bool {
+	host, _, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return false
+	}
+	if strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.Unmap().IsLoopback()
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return l, fmt.Errorf("--log-level %q: want debug, info, warn or error", s)
+	}
+	return l, nil
+}
+
+// serve runs the HTTP API until ctx ends.
+func serve(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
+	cfg, err := parseConfig(args, getenv, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		printUsage(stdout)
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "eleva-redis: %v\n", err)
+		fmt.Fprintf(stderr, "Run 'eleva-redis help' for usage.\n")
+		return exitUsage
+	}
+	level, _ := parseLevel(cfg.logLevel)
+	opts := &slog.HandlerOptions{Level: level}
+	var handler slog.Handler = slog.NewTextHandler(stderr, opts)
+	if cfg.logFormat == "json" {
+		handler = slog.NewJSONHandler(stderr, opts)
+	}
+	log := slog.New(handler)
+
+	keys := cfg.keys()
+	var policies ratelimit.Policies
+	if cfg.policiesFile != "" {
+		if policies, err = ratelimit.LoadPolicies(cfg.policiesFile); err != nil {
+			log.Error("cannot load the policies file", "error", err.Error())
+			return exitUsage
+		}
+	}
+
+	log.Info("starting eleva-redis", "version", buildVersion(), "go", runtime.Version())
+
+	registry := prometheus.NewRegistry()
+	registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	openCtx, cancel := context.WithTimeout(ctx, openTimeout)
+	var secret []byte
+	if cfg.keyHashSecret != "" {
+		secret = []byte(cfg.keyHashSecret)
+	}
+	eleva, err := elevaredis.Open(openCtx, elevaredis.Config{
+		RedisURL:      cfg.redisURL,
+		KeyPrefix:     cfg.keyPrefix,
+		KeyHashSecret: secret,
+		Logger:        log,
+		Registerer:    registry,
+		RateLimit: ratelimit.Config{
+			Timeout:        cfg.rlTimeout,
+			OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
+			LocalInstances: cfg.localInstances,
+		},
+	})
+	cancel()
+	if err != nil {
+		// Open's errors never contain the password (RedactURL).
+		log.Error("cannot open the backend", "error", err.Error())
+		return exitFailure
+	}
+	defer eleva.Close()
+
+	prefix := cfg.keyPrefix
+	if prefix == "" {
+		prefix = "eleva:"
+	}
+	log.Info("backend", "backend", eleva.Backend(), "target", eleva.Describe(), "key_prefix", prefix)
+	if cfg.redisURL == "" {
+		log.Warn("ELEVA_REDIS_URL not set: using the in-process memory backend; state is not shared and not durable")
+	} else if cfg.keyHashSecret == "" {
+		log.Warn("ELEVA_KEY_HASH_SECRET not set: identifiers appear escaped in key names")
+	}
+	log.Info("rate limiter", "timeout", cfg.rlTimeout.String(), "on_backend_error", cfg.rlOnError, "local_instances", cfg.localInstances)
+	if len(keys) > 0 {
+		log.Info("auth enabled", "api_keys", len(keys))
+	} else {
+		log.Warn("no API keys configured (ELEVA_API_KEYS): /v1 accepts loopback clients only")
+	}
+	if cfg.policiesFile != "" {
+		log.Info("policies loaded", "file", cfg.policiesFile, "names", strings.Join(policies.Names(), ","))
+	} else {
+		log.Info("no policies file (ELEVA_POLICIES_FILE): /v1/ratelimit/policies is empty")
+	}
+	log.Info("/metrics is served without authentication", "max_body_bytes", cfg.maxBodyBytes)
+
+	apiHandler := server.New(server.Deps{
+		Limiter:        eleva.RateLimit,
+		Policies:       policies,
+		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
+		APIKeys:        keys,
+		Backend:        eleva,
+		Logger:         log,
+		Registry:       registry,
+		MaxBodyBytes:   cfg.maxBodyBytes,
+		Version:        buildVersion(),
+	})
+
+	ln, err := (&net.ListenConfig{}).Listen(ctx, "tcp", cfg.listen)
+	if err != nil {
+		log.Error("cannot listen", "listen", cfg.listen, "error", err.Error())
+		return exitFailure
+	}
+	// "localhost" was accepted as loopback by name: check what it became.
+	if len(keys) == 0 && !loopbackHost(ln.Addr().String()) {
+		_ = ln.Close()
+		log.Error("refusing to serve without API keys on a non-loopback address", "addr", ln.Addr().String())
+		return exitUsage
+	}
+
+	srv := &http.Server{
+		Handler:           apiHandler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		// No WriteTimeout: streaming responses (Server-Sent Events) will
+		// outlive any fixed bound; handlers bound their own work.
+		IdleTimeout:    120 * time.Second,
+		MaxHeaderBytes: 64 << 10,
+		ErrorLog:       slog.NewLogLogger(handler, slog.LevelWarn),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	log.Info("listening", "addr", ln.Addr().String())
+
+	select {
+	case err := <-errc:
+		log.Error("server failed", "error", err.Error())
+		return exitFailure
+	case <-ctx.Done():
+	}
+	log.Info("shutting down", "timeout", cfg.shutdownTimeout.String())
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		log.Warn("in-flight requests did not finish in time; closing their connections", "error", err.Error())
+		_ = srv.Close()
+	}
+	<-errc // http.ErrServerClosed
+	log.Info("stopped")
+	return exitOK
+}

@@ -1,0 +1,594 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/elevacare/eleva-redis/internal/redistest"
+)
+
+var binDir string // the built binary's directory, removed after the tests
+
+func TestMain(m *testing.M) {
+	code := redistest.Run(m)
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// logSink collects run's log output (written from several goroutines) and
+// reports the address of the "listening" line.
+type logSink struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	partial []byte
+	addr    chan string
+	sent    bool
+}
+
+func newLogSink() *logSink { return &logSink{addr: make(chan string, 1)} }
+
+var listeningRE = regexp.MustCompile(`msg=listening addr=(\S+)`)
+
+func (s *logSink) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.buf.Write(p)
+	s.partial = append(s.partial, p...)
+	for {
+		i := bytes.IndexByte(s.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := s.partial[:i]
+		s.partial = s.partial[i+1:]
+		if m := listeningRE.FindSubmatch(line); m != nil && !s.sent {
+			s.sent = true
+			s.addr <- string(m[1])
+		}
+	}
+	return len(p), nil
+}
+
+func (s *logSink) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// env returns a getenv over m only: the tests never read the real
+// environment.
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+// instance is run() serving in this process.
+type instance struct {
+	base   string
+	logs   *logSink
+	cancel context.CancelFunc
+	done   chan int
+}
+
+// start runs `eleva-redis serve args...` in a goroutine and waits for its
+// listening line. The instance is stopped when the test ends.
+func start(t *testing.T, envm map[string]string, args ...string) *instance {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	in := &instance{logs: newLogSink(), cancel: cancel, done: make(chan int, 1)}
+	go func() {
+		in.done <- run(ctx, append([]string{"serve"}, args...), env(envm), io.Discard, in.logs)
+	}()
+	select {
+	case addr := <-in.logs.addr:
+		in.base = "http://" + addr
+	case code := <-in.done:
+		t.Fatalf("run exited with %d before listening:\n%s", code, in.logs)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatalf("no listening line after 30s:\n%s", in.logs)
+	}
+	t.Cleanup(func() { in.stop(t) })
+	return in
+}
+
+// stop cancels run's context (what SIGTERM does in main) and returns its
+// exit code; it fails the test when run does not return promptly.
+func (in *instance) stop(t *testing.T) int {
+	t.Helper()
+	in.cancel()
+	select {
+	case code := <-in.done:
+		in.done <- code // later calls see it too
+		return code
+	case <-time.After(15 * time.Second):
+		t.Fatalf("run did not return within 15s of cancel:\n%s", in.logs)
+		return -1
+	}
+}
+
+type reply struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+func call(t *testing.T, c *http.Client, method, url, body string, headers ...string) reply {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := reply{status: res.StatusCode, header: res.Header}
+	if len(b) > 0 && strings.HasPrefix(res.Header.Get("Content-Type"), "application/json") {
+		if err := json.Unmarshal(b, &r.body); err != nil {
+			t.Fatalf("%s %s: body %q: %v", method, url, b, err)
+		}
+	}
+	return r
+}
+
+func TestServeMemoryEndToEnd(t *testing.T) {
+	in := start(t, nil, "--listen", "127.0.0.1:0")
+	c := http.DefaultClient
+
+	if r := call(t, c, "GET", in.base+"/healthz", ""); r.status != 200 || r.body["status"] != "ok" {
+		t.Fatalf("healthz: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "GET", in.base+"/readyz", ""); r.status != 200 || r.body["backend"] != "memory" {
+		t.Fatalf("readyz: %d %v", r.status, r.body)
+	}
+	// No keys: loopback clients may call /v1.
+	body := `{"key":"k","limit":1,"windowMs":60000}`
+	if r := call(t, c, "POST", in.base+"/v1/ratelimit/allow", body); r.status != 200 || r.body["allowed"] != true {
+		t.Fatalf("allow: %d %v", r.status, r.body)
+	}
+	r := call(t, c, "POST", in.base+"/v1/ratelimit/allow", body)
+	if r.status != 200 || r.body["allowed"] != false || r.header.Get("Retry-After") == "" {
+		t.Fatalf("second allow: %d %v %v", r.status, r.body, r.header)
+	}
+	if r := call(t, c, "GET", in.base+"/openapi.json", ""); r.status != 200 || r.body["openapi"] != "3.1.0" {
+		t.Fatalf("openapi: %d", r.status)
+	}
+	if r := call(t, c, "GET", in.base+"/metrics", ""); r.status != 200 {
+		t.Fatalf("metrics: %d", r.status)
+	}
+
+	logs := in.logs.String()
+	for _, want := range []string{
+		`msg="starting eleva-redis"`,
+		`backend=memory`,
+		"ELEVA_REDIS_URL not set: using the in-process memory backend; state is not shared and not durable",
+		"no API keys configured",
+		"no policies file",
+		`msg=request method=POST route=/v1/ratelimit/allow status=200`,
+	} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+
+	startStop := time.Now()
+	if code := in.stop(t); code != 0 {
+		t.Fatalf("exit code %d after cancel, want 0:\n%s", code, in.logs)
+	}
+	if d := time.Since(startStop); d > 5*time.Second {
+		t.Errorf("shutdown took %v", d)
+	}
+	if !strings.Contains(in.logs.String(), "msg=stopped") {
+		t.Errorf("no stopped line:\n%s", in.logs)
+	}
+	if _, err := c.Get(in.base + "/healthz"); err == nil {
+		t.Error("still serving after run returned")
+	}
+}
+
+func TestServeRedisWithKeysAndPolicies(t *testing.T) {
+	const key1, key2 = "k1-0123456789abcdef", "k2-0123456789abcdef"
+	dir := t.TempDir()
+	policies := filepath.Join(dir, "policies.yaml")
+	if err := os.WriteFile(policies, []byte(`
+login:
+  onBackendError: closed
+  rules:
+    - {name: user, subject: user, limit: 1, windowMs: 60000}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	in := start(t, map[string]string{
+		"ELEVA_REDIS_URL":       redistest.URL(t),
+		"ELEVA_API_KEYS":        key1 + ", " + key2,
+		"ELEVA_KEY_PREFIX":      redistest.Prefix(t),
+		"ELEVA_POLICIES_FILE":   policies,
+		"ELEVA_KEY_HASH_SECRET": "hash-secret-xyz",
+		"ELEVA_LISTEN":          "127.0.0.1:1", // the flag wins
+	}, "--listen", "127.0.0.1:0", "--log-format", "text")
+	c := http.DefaultClient
+
+	if r := call(t, c, "GET", in.base+"/readyz", ""); r.status != 200 || r.body["backend"] != "redis" {
+		t.Fatalf("readyz: %d %v", r.status, r.body)
+	}
+	pol := in.base + "/v1/ratelimit/policies/login/allow"
+	body := `{"subjects":{"user":"jane@example.com"}}`
+	if r := call(t, c, "POST", pol, body); r.status != 401 {
+		t.Fatalf("without a key: %d", r.status)
+	}
+	if r := call(t, c, "POST", pol, body, "Authorization", "Bearer nope"); r.status != 401 {
+		t.Fatalf("wrong key: %d", r.status)
+	}
+	if r := call(t, c, "POST", pol, body, "Authorization", "Bearer "+key2); r.status != 200 || r.body["allowed"] != true {
+		t.Fatalf("first: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", pol, body, "Authorization", "Bearer "+key1); r.status != 200 || r.body["allowed"] != false {
+		t.Fatalf("second: %d %v", r.status, r.body)
+	}
+	r := call(t, c, "GET", in.base+"/v1/ratelimit/policies", "", "Authorization", "Bearer "+key1)
+	if r.status != 200 || fmt.Sprint(r.body["policies"]) == "[]" {
+		t.Fatalf("policies: %d %v", r.status, r.body)
+	}
+
+	logs := in.logs.String()
+	for _, want := range []string{"backend=redis", "api_keys=2", "policies loaded", "names=login"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
+		}
+	}
+	for _, secret := range []string{key1, key2, "hash-secret-xyz", "jane@example.com"} {
+		if strings.Contains(logs, secret) {
+			t.Errorf("logs contain %q", secret)
+		}
+	}
+	if code := in.stop(t); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func TestServeNonLoopbackWithKeys(t *testing.T) {
+	in := start(t, map[string]string{"ELEVA_API_KEYS": "key-0123456789abcdef"}, "--listen", "0.0.0.0:0")
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(in.base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://127.0.0.1:" + port
+	if r := call(t, http.DefaultClient, "POST", base+"/v1/ratelimit/reset", `{"key":"k"}`); r.status != 401 {
+		t.Fatalf("without a key: %d", r.status)
+	}
+	if r := call(t, http.DefaultClient, "POST", base+"/v1/ratelimit/reset", `{"key":"k"}`, "Authorization", "Bearer key-0123456789abcdef"); r.status != 204 {
+		t.Fatalf("with the key: %d", r.status)
+	}
+}
+
+func TestCommands(t *testing.T) {
+	tests := []struct {
+		name     string
+		args     []string
+		env      map[string]string
+		code     int
+		stdout   string // substring
+		stderr   string // substring
+		noStderr string // must not appear
+	}{
+		{"version", []string{"version"}, nil, 0, "eleva-redis ", "", ""},
+		{"help", []string{"help"}, nil, 0, "eleva-redis version", "", ""},
+		{"serve -h", []string{"serve", "-h"}, nil, 0, "-redis-url", "", ""},
+		{"--help without command", []string{"--help"}, nil, 0, "ELEVA_LISTEN", "", ""},
+		{"unknown command", []string{"bogus"}, nil, 2, "", `unknown command "bogus"`, ""},
+		{"version with arguments", []string{"version", "x"}, nil, 2, "", "unexpected arguments", ""},
+		{"unknown flag", []string{"serve", "--nope"}, nil, 2, "", "flag provided but not defined: -nope", ""},
+		{"extra argument", []string{"serve", "extra"}, nil, 2, "", "unexpected arguments", ""},
+		{"non-loopback without keys", []string{"serve", "--listen", "0.0.0.0:0"}, nil, 2, "", "refusing to listen on \"0.0.0.0:0\" without API keys", ""},
+		{"all interfaces without keys", []string{"--listen", ":0"}, nil, 2, "", "without API keys", ""},
+		{"non-loopback from env without keys", nil, map[string]string{"ELEVA_LISTEN": "[::]:0"}, 2, "", "without API keys", ""},
+		{"blank keys are no keys", []string{"--listen", "0.0.0.0:0", "--api-keys", " , "}, nil, 2, "", "without API keys", ""},
+		{"bad listen", []string{"--listen", "nonsense"}, nil, 2, "", "want host:port", ""},
+		{"bad log format", []string{"--log-format", "xml"}, nil, 2, "", "--log-format", ""},
+		{"bad log level", nil, map[string]string{"ELEVA_LOG_LEVEL": "loud"}, 2, "", "--log-level", ""},
+		{"bad env number", nil, map[string]string{"ELEVA_MAX_BODY_BYTES": "abc"}, 2, "", "ELEVA_MAX_BODY_BYTES", ""},
+		{"zero body limit", []string{"--max-body-bytes", "0"}, nil, 2, "", "--max-body-bytes", ""},
+		{"bad failure policy", []string{"--ratelimit-on-error", "maybe"}, nil, 2, "", "--ratelimit-on-error", ""},
+		{"bad timeout", nil, map[string]string{"ELEVA_RATELIMIT_TIMEOUT": "soon"}, 2, "", "ELEVA_RATELIMIT_TIMEOUT", ""},
+		{"missing policies file", []string{"--listen", "127.0.0.1:0", "--policies", "/nonexistent/p.json"}, nil, 2, "", "cannot load the policies file", ""},
+		{"unreachable redis", []string{"--listen", "127.0.0.1:0"}, map[string]string{"ELEVA_REDIS_URL": "redis://:sekret-pw@127.0.0.1:1"}, 1, "", "cannot open the backend", "sekret-pw"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			code := run(ctx, tc.args, env(tc.env), &stdout, &stderr)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, &stdout, &stderr)
+			}
+			if !strings.Contains(stdout.String(), tc.stdout) {
+				t.Errorf("stdout lacks %q:\n%s", tc.stdout, &stdout)
+			}
+			if !strings.Contains(stderr.String(), tc.stderr) {
+				t.Errorf("stderr lacks %q:\n%s", tc.stderr, &stderr)
+			}
+			if tc.noStderr != "" && strings.Contains(stderr.String(), tc.noStderr) {
+				t.Errorf("stderr contains %q:\n%s", tc.noStderr, &stderr)
+			}
+			if strings.Contains(stderr.String(), "msg=listening") {
+				t.Errorf("started listening:\n%s", &stderr)
+			}
+		})
+	}
+}
+
+func TestFlagWinsOverEnv(t *testing.T) {
+	e := env(map[string]string{
+		"ELEVA_LISTEN":                    "127.0.0.1:1111",
+		"ELEVA_API_KEYS":                  "a-key,b-key",
+		"ELEVA_MAX_BODY_BYTES":            "2048",
+		"ELEVA_RATELIMIT_TIMEOUT":         "75ms",
+		"ELEVA_RATELIMIT_LOCAL_INSTANCES": "3",
+	})
+	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--max-body-bytes", "4096"}, e, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.listen != "127.0.0.1:2222" || c.maxBodyBytes != 4096 {
+		t.Errorf("flags did not win: listen=%q max=%d", c.listen, c.maxBodyBytes)
+	}
+	if fmt.Sprint(c.keys()) != "[a-key b-key]" || c.rlTimeout != 75*time.Millisecond || c.localInstances != 3 {
+		t.Errorf("env not applied: keys=%q timeout=%v instances=%d", c.keys(), c.rlTimeout, c.localInstances)
+	}
+	d, err := parseConfig(nil, env(nil), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.listen != "127.0.0.1:8080" || d.maxBodyBytes != 1<<20 || d.rlOnError != "local" || d.logFormat != "text" {
+		t.Errorf("defaults: %+v", d)
+	}
+}
+
+func TestLoopbackHost(t *testing.T) {
+	for addr, want := range map[string]bool{
+		"127.0.0.1:8080": true, "127.9.9.9:1": true, "[::1]:80": true, "localhost:80": true, "LOCALHOST:80": true,
+		"[::ffff:127.0.0.1]:80": true,
+		"0.0.0.0:80":            false, ":80": false, "[::]:80": false, "10.0.0.1:80": false, "example.com:80": false,
+		"localhost.example.com:80": false, "nonsense": false,
+	} {
+		if got := loopbackHost(addr); got != want {
+			t.Errorf("loopbackHost(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}
+
+// binary builds the command once per test binary run.
+var binary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "eleva-redis-bin-")
+	if err != nil {
+		return "", err
+	}
+	binDir = dir
+	bin := filepath.Join(dir, "eleva-redis")
+	out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("go build: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// process is the built binary serving in a child process.
+type process struct {
+	cmd  *exec.Cmd
+	base string
+	logs *logSink
+	done chan error
+}
+
+func startProcess(t *testing.T, envm map[string]string, args ...string) *process {
+	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, append([]string{"serve", "--listen", "127.0.0.1:0"}, args...)...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for k, v := range envm {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	p := &process{cmd: cmd, logs: newLogSink(), done: make(chan error, 1)}
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			_, _ = p.logs.Write(append(sc.Bytes(), '\n'))
+		}
+		p.done <- cmd.Wait()
+	}()
+	select {
+	case addr := <-p.logs.addr:
+		p.base = "http://" + addr
+	case err := <-p.done:
+		t.Fatalf("process exited before listening: %v\n%s", err, p.logs)
+	case <-time.After(30 * time.Second):
+		_ = cmd.Process.Kill()
+		t.Fatalf("no listening line after 30s:\n%s", p.logs)
+	}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			_ = p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// terminate sends SIGTERM and expects a clean exit 0 within 15s.
+func (p *process) terminate(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v\n%s", err, p.logs)
+		}
+	case <-time.After(15 * time.Second):
+		t.Errorf("no exit within 15s of SIGTERM\n%s", p.logs)
+	}
+}
+
+// TestAcceptance3TwoProcesses is Acceptance 3 for the service: two real
+// eleva-redis processes share one Redis (standalone, then the 3-node
+// Cluster); 800 concurrent requests (4 x 200) for one key, spread over both
+// processes, with a limit of 50 per hour, admit exactly 50 for each
+// algorithm.
+func TestAcceptance3TwoProcesses(t *testing.T) {
+	const (
+		apiKey   = "acceptance-key-0123456789"
+		limit    = 50
+		requests = 4 * 200
+	)
+	for _, backend := range []struct{ name, url string }{
+		{"standalone", redistest.URL(t)},
+		{"cluster", redistest.ClusterURL(t)},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			envm := map[string]string{
+				"ELEVA_REDIS_URL":  backend.url,
+				"ELEVA_API_KEYS":   apiKey,
+				"ELEVA_KEY_PREFIX": redistest.Prefix(t),
+				// A decision must come from Redis: under this load a 50ms
+				// timeout could hand some to the local fallback, and a
+				// degraded answer would make the count meaningless.
+				"ELEVA_RATELIMIT_TIMEOUT":  "10s",
+				"ELEVA_RATELIMIT_ON_ERROR": "closed",
+			}
+			procs := []*process{startProcess(t, envm), startProcess(t, envm)}
+			client := &http.Client{
+				Timeout:   60 * time.Second,
+				Transport: &http.Transport{MaxIdleConnsPerHost: requests, MaxConnsPerHost: 0, IdleConnTimeout: 30 * time.Second},
+			}
+			defer client.CloseIdleConnections()
+
+			for _, alg := range []struct{ name, extra string }{
+				{"sliding-log", ""},
+				{"gcra", `,"burst":50`},
+				{"fixed-window", ""},
+			} {
+				t.Run(alg.name, func(t *testing.T) {
+					if alg.name == "fixed-window" {
+						// A fixed window restarts at each multiple of the
+						// window since the epoch: stay clear of the next one.
+						waitClearOfBoundary(t, time.Hour, time.Minute)
+					}
+					body := fmt.Sprintf(`{"key":"acceptance-3:%s","limit":%d,"windowMs":3600000,"algorithm":%q%s}`,
+						alg.name, limit, alg.name, alg.extra)
+					var (
+						wg                        sync.WaitGroup
+						mu                        sync.Mutex
+						allowed, denied, perProc0 int
+						failures                  []string
+					)
+					startGate := make(chan struct{})
+					for i := range requests {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							p := procs[i%2]
+							req, _ := http.NewRequest("POST", p.base+"/v1/ratelimit/allow", strings.NewReader(body))
+							req.Header.Set("Content-Type", "application/json")
+							req.Header.Set("Authorization", "Bearer "+apiKey)
+							<-startGate
+							res, err := client.Do(req)
+							var d struct {
+								Allowed  bool
+								Degraded bool
+							}
+							if err == nil {
+								err = json.NewDecoder(res.Body).Decode(&d)
+								res.Body.Close()
+								if err == nil && res.StatusCode != 200 {
+									err = fmt.Errorf("status %d", res.StatusCode)
+								}
+							}
+							mu.Lock()
+							defer mu.Unlock()
+							switch {
+							case err != nil:
+								failures = append(failures, err.Error())
+							case d.Degraded:
+								failures = append(failures, "degraded decision")
+							case d.Allowed:
+								allowed++
+								if i%2 == 0 {
+									perProc0++
+								}
+							default:
+								denied++
+							}
+						}()
+					}
+					close(startGate)
+					wg.Wait()
+					if len(failures) > 0 {
+						t.Fatalf("%d failed requests, first: %s", len(failures), failures[0])
+					}
+					if allowed != limit || denied != requests-limit {
+						t.Fatalf("allowed %d, denied %d; want exactly %d allowed of %d", allowed, denied, limit, requests)
+					}
+					t.Logf("%d allowed (%d through process 1, %d through process 2), %d denied", allowed, perProc0, allowed-perProc0, denied)
+				})
+			}
+			for _, p := range procs {
+				p.terminate(t)
+			}
+		})
+	}
+}
+
+// waitClearOfBoundary waits, when the next multiple of window since the
+// epoch is less than margin away, until it has passed.
+func waitClearOfBoundary(t *testing.T, window, margin time.Duration) {
+	now := time.Now()
+	next := now.Truncate(window).Add(window)
+	if left := next.Sub(now); left < margin {
+		t.Logf("waiting %v for the window boundary to pass", left+time.Second)
+		time.Sleep(left + time.Second)
+	}
+}

@@ -1,0 +1,214 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/elevacare/eleva-redis/ratelimit"
+)
+
+// Error codes of the API (HTTP-API.md, "Errors").
+const (
+	codeInvalidArgument  = "invalid_argument"
+	codeUnauthorized     = "unauthorized"
+	codeNotFound         = "not_found"
+	codeMethodNotAllowed = "method_not_allowed"
+	codePayloadTooLarge  = "payload_too_large"
+	codeUnavailable      = "unavailable"
+	codeInternal         = "internal"
+)
+
+// apiError is an error answer: {"error": {"code", "message", "field"}}.
+type apiError struct {
+	Status  int    `json:"-"`
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	// Field names the offending request field (JSON path, "subjects.user"),
+	// only for bad input.
+	Field string `json:"field,omitempty"`
+}
+
+func (e *apiError) Error() string { return e.Code + ": " + e.Message }
+
+var errInternal = &apiError{Status: http.StatusInternalServerError, Code: codeInternal, Message: "internal error"}
+
+// badInput is a 400 invalid_argument naming field.
+func badInput(field, format string, args ...any) *apiError {
+	return &apiError{Status: http.StatusBadRequest, Code: codeInvalidArgument, Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// errorTable maps the library's sentinel errors to HTTP answers: the one
+// place where a library error becomes a status code. The first entry that
+// matches (errors.Is) wins. Errors found in no entry are 500 internal.
+var errorTable = []struct {
+	err    error
+	status int
+	code   string
+}{
+	{ratelimit.ErrInvalidLimit, http.StatusBadRequest, codeInvalidArgument},
+	{ratelimit.ErrUnknownAlgorithm, http.StatusBadRequest, codeInvalidArgument},
+	{ratelimit.ErrInvalidKey, http.StatusBadRequest, codeInvalidArgument},
+	{ratelimit.ErrMissingSubject, http.StatusBadRequest, codeInvalidArgument},
+	{ratelimit.ErrUnknownPolicy, http.StatusNotFound, codeNotFound},
+	{ratelimit.ErrBackend, http.StatusServiceUnavailable, codeUnavailable},
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable},
+	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable},
+}
+
+// toAPIError maps any error to its answer (see errorTable).
+func toAPIError(err error) *apiError {
+	var ae *apiError
+	if errors.As(err, &ae) {
+		return ae
+	}
+	for _, e := range errorTable {
+		if errors.Is(err, e.err) {
+			msg := err.Error()
+			if e.status >= 500 {
+				// Backend errors can carry addresses and internals: say what
+				// failed, not how.
+				msg = e.err.Error()
+			}
+			return &apiError{Status: e.status, Code: e.code, Message: msg}
+		}
+	}
+	return errInternal
+}
+
+// fail writes the answer for err, logging the errors that are ours (5xx).
+func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	ae := toAPIError(err)
+	if ae.Status >= 500 {
+		level := slog.LevelError
+		if ae.Status == http.StatusServiceUnavailable {
+			level = slog.LevelWarn // the backend's trouble, not a bug of ours
+		}
+		s.log.LogAttrs(r.Context(), level, "request failed",
+			slog.String("route", routeLabel(r.Pattern)), slog.String("code", ae.Code), slog.String("error", err.Error()))
+	}
+	writeError(w, ae)
+}
+
+// writeError writes {"error": ae} with ae.Status.
+func writeError(w http.ResponseWriter, ae *apiError) {
+	writeJSON(w, ae.Status, struct {
+		Error *apiError `json:"error"`
+	}{ae})
+}
+
+// writeJSON writes v as the JSON body with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Only our own response types reach here; they always marshal.
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"internal error"}}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Content-Length", strconv.Itoa(len(b)+1))
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
+
+// decodeJSON decodes the request body into dst strictly: one JSON object,
+// no unknown fields, no trailing data, at most maxBytes. Every failure is an
+// *apiError: 413 for an oversized body, 400 naming the field otherwise.
+func decodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, dst any) *apiError {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		// Refusing other types keeps browsers' "simple" cross-site requests
+		// (text/plain, forms) from reaching a loopback instance without keys.
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return badInput("", "Content-Type must be application/json")
+		}
+	}
+	body := http.MaxBytesReader(w, r.Body, maxBytes)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return decodeError(err, maxBytes)
+	}
+	// Exactly one value: anything but whitespace after it is an error.
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return tooLarge(maxBytes)
+		}
+		return badInput("", "request body must be a single JSON object (unexpected data after it)")
+	}
+	return nil
+}
+
+func tooLarge(maxBytes int64) *apiError {
+	return &apiError{Status: http.StatusRequestEntityTooLarge, Code: codePayloadTooLarge,
+		Message: fmt.Sprintf("request body is larger than %d bytes", maxBytes)}
+}
+
+// decodeError turns an encoding/json error into the answer naming the field.
+func decodeError(err error, maxBytes int64) *apiError {
+	var (
+		mbe *http.MaxBytesError
+		se  *json.SyntaxError
+		te  *json.UnmarshalTypeError
+	)
+	switch {
+	case errors.As(err, &mbe):
+		return tooLarge(maxBytes)
+	case errors.Is(err, io.EOF):
+		return badInput("", "request body is empty: want a JSON object")
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return badInput("", "request body is truncated JSON")
+	case errors.As(err, &se):
+		return badInput("", "malformed JSON at byte %d: %s", se.Offset, se.Error())
+	case errors.As(err, &te):
+		if te.Field == "" {
+			return badInput("", "request body must be a JSON object, got %s", te.Value)
+		}
+		return badInput(te.Field, "%s: want %s, got %s", te.Field, jsonTypeName(te.Type.Kind().String()), te.Value)
+	}
+	if name, ok := unknownField(err); ok {
+		return badInput(name, "unknown field %q", name)
+	}
+	return badInput("", "invalid JSON: %s", err.Error())
+}
+
+// unknownField extracts the name from encoding/json's `json: unknown field "x"`
+// (the package exports no type for it).
+func unknownField(err error) (string, bool) {
+	rest, ok := strings.CutPrefix(err.Error(), "json: unknown field ")
+	if !ok {
+		return "", false
+	}
+	name, err := strconv.Unquote(rest)
+	if err != nil {
+		return rest, true
+	}
+	return name, true
+}
+
+func jsonTypeName(kind string) string {
+	switch {
+	case strings.HasPrefix(kind, "int"), strings.HasPrefix(kind, "uint"):
+		return "an integer"
+	case strings.HasPrefix(kind, "float"):
+		return "a number"
+	case kind == "string":
+		return "a string"
+	case kind == "bool":
+		return "a boolean"
+	case kind == "map", kind == "struct":
+		return "an object"
+	case kind == "slice", kind == "array":
+		return "an array"
+	}
+	return kind
+}

@@ -1,0 +1,106 @@
+package server
+
+import (
+	"context"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// route is one entry of the API: the only place a route is declared. New
+// registers exactly these, and the OpenAPI test checks the document against
+// exactly these.
+type route struct {
+	method string
+	// path is a Go 1.22 ServeMux path pattern; its {wildcards} are spelled
+	// as OpenAPI path templates, so the two compare as strings.
+	path string
+	// auth: the route needs an API key (every /v1 route).
+	auth    bool
+	handler func(*server) http.Handler
+}
+
+// routeTable lists every route of the API.
+func routeTable() []route {
+	return []route{
+		{http.MethodPost, "/v1/ratelimit/allow", true, hf((*server).handleAllow)},
+		{http.MethodPost, "/v1/ratelimit/peek", true, hf((*server).handlePeek)},
+		{http.MethodPost, "/v1/ratelimit/record", true, hf((*server).handleRecord)},
+		{http.MethodPost, "/v1/ratelimit/reset", true, hf((*server).handleReset)},
+		{http.MethodPost, "/v1/ratelimit/policies/{name}/allow", true, hf((*server).handlePolicyAllow)},
+		{http.MethodGet, "/v1/ratelimit/policies", true, hf((*server).handlePolicies)},
+
+		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
+		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
+		// /metrics is unauthenticated like most Prometheus targets: it holds
+		// counts per route and status, never keys, subjects or bodies.
+		// Restrict it at the network level when that matters.
+		{http.MethodGet, "/metrics", false, (*server).metricsHandler},
+		{http.MethodGet, "/openapi.json", false, hf((*server).handleOpenAPI)},
+	}
+}
+
+// hf adapts a handler method to the table's constructor type.
+func hf(m func(*server, http.ResponseWriter, *http.Request)) func(*server) http.Handler {
+	return func(s *server) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { m(s, w, r) })
+	}
+}
+
+// isOpsRoute reports the routes probed by orchestrators and scrapers.
+func isOpsRoute(route string) bool {
+	switch route {
+	case "/healthz", "/readyz", "/metrics":
+		return true
+	}
+	return false
+}
+
+// handleHealthz serves GET /healthz: the process is up and serving.
+func (s *server) handleHealthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+// handleReadyz serves GET /readyz: 200 when the backend answers a ping
+// within readyTimeout, 503 unavailable otherwise.
+func (s *server) handleReadyz(w http.ResponseWriter, r *http.Request) {
+	name := "memory"
+	var latency time.Duration
+	var err error
+	if s.backend != nil {
+		name = s.backend.Backend()
+		ctx, cancel := context.WithTimeout(r.Context(), readyTimeout)
+		latency, err = s.backend.Ping(ctx)
+		cancel()
+	}
+	if err != nil {
+		s.log.Warn("readiness check failed", "backend", name, "error", err.Error())
+		writeJSON(w, http.StatusServiceUnavailable, struct {
+			Error   *apiError `json:"error"`
+			Backend string    `json:"backend"`
+		}{&apiError{Code: codeUnavailable, Message: "backend " + name + " is not reachable"}, name})
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		Status    string `json:"status"`
+		Backend   string `json:"backend"`
+		LatencyMs int64  `json:"latencyMs"`
+	}{"ok", name, ceilMs(latency)})
+}
+
+func (s *server) metricsHandler() http.Handler {
+	return promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{
+		ErrorLog: slogPrinter{s.log},
+		// Serve what could be gathered rather than a 500 for a single bad
+		// collector.
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+}
+
+// slogPrinter adapts the logger to promhttp's Println interface.
+type slogPrinter struct {
+	log interface{ Error(string, ...any) }
+}
+
+func (p slogPrinter) Println(v ...any) { p.log.Error("metrics: gather failed", "error", v) }
