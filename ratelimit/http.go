@@ -88,11 +88,17 @@ func (o MiddlewareOptions) logger() *slog.Logger {
 // rate-limit headers.
 //
 // Admitted requests get the RateLimit-Policy and RateLimit headers (see
-// SetHeaders) and reach next. Denied requests get 429 with the headers,
-// Retry-After (whole seconds, rounded up, never earlier than the RateLimit
-// header's t) and the JSON body
+// SetHeaders; they describe the rules that applied to the request) and reach
+// next. Denied requests get 429 with the headers, Retry-After and the JSON
+// body
 //
 //	{"error":{"code":"rate_limited","message":"..."},"retryAfterMs":N}
+//
+// N is the limiter's RetryAfter in milliseconds, rounded up: when the same
+// request would fit again. Retry-After is that in whole seconds, rounded up,
+// but never earlier than the RateLimit header's t, so the two never disagree; for
+// SlidingLog and GCRA t (time until the rule is back to full capacity) can be
+// later than N.
 //
 // Degraded decisions (the backend was unreachable and the policy's
 // OnBackendError decided) are answered like any other decision. An error from
@@ -255,8 +261,10 @@ func mwWriteJSON(w http.ResponseWriter, status int, v any) {
 //
 //	RateLimit: "user";r=2;t=3540
 //
-// r is Remaining and t the delta seconds until ResetAt, rounded up (0 when it
-// has passed), so client clock skew does not matter. Both fields replace any
+// r is Remaining and t delta seconds, rounded up, so client clock skew does
+// not matter: for a denying rule the time until the same request could pass
+// (its RetryAfter), otherwise the time until the rule is back to full capacity
+// (its ResetAt; 0 when that has passed). Both fields replace any
 // earlier value. Names are the rule names, serialised as structured-field
 // strings (backslash and double quote escaped, any byte outside printable
 // ASCII replaced by '?'); no partition key ("pk") is ever sent, so user ids
@@ -279,7 +287,7 @@ func SetHeaders(h http.Header, now time.Time, names []string, limits []Limit, de
 		policy.WriteString(";w=")
 		policy.WriteString(strconv.FormatInt(max(mwCeilSeconds(limits[i].Window), 1), 10))
 
-		t := mwCeilSeconds(decisions[i].ResetAt.Sub(now))
+		t := mwResetSeconds(now, decisions[i])
 		if best < 0 || mwMoreRestrictive(decisions[i], t, decisions[best], bestT) {
 			best, bestT = i, t
 		}
@@ -293,6 +301,17 @@ func SetHeaders(h http.Header, now time.Time, names []string, limits []Limit, de
 	h.Set("RateLimit-Policy", policy.String())
 	h.Set("RateLimit", rl.String())
 	return bestT
+}
+
+// mwResetSeconds is the t of a rule: for a denial, the time until the same
+// request could pass (RetryAfter), because that is what a client that reads
+// r=0 needs to know and it is exact for every algorithm; for an allowed
+// request, the time until the rule is back to full capacity (ResetAt).
+func mwResetSeconds(now time.Time, d Decision) int64 {
+	if !d.Allowed {
+		return mwCeilSeconds(d.RetryAfter)
+	}
+	return mwCeilSeconds(d.ResetAt.Sub(now))
 }
 
 // SetHeader is SetHeaders for a single rule (Limiter.Allow and friends).

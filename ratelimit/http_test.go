@@ -159,8 +159,7 @@ func TestMiddlewareDeniesOverLimit(t *testing.T) {
 	}
 
 	// The fourth, at T0+3s: the oldest unit (T0) leaves the window at T0+60s,
-	// so retryAfterMs = 57000; the log is full until T0+2s+60s, so t = 59 and
-	// Retry-After, which must not be earlier than t, is 59.
+	// so retryAfterMs = 57000, and t and Retry-After say the same in seconds.
 	w := mwRequest{}.do(h)
 	if w.Code != http.StatusTooManyRequests {
 		t.Fatalf("4th request: %d, want 429", w.Code)
@@ -170,9 +169,9 @@ func TestMiddlewareDeniesOverLimit(t *testing.T) {
 	}
 	for k, v := range map[string]string{
 		"Content-Type":     "application/json",
-		"Retry-After":      "59",
+		"Retry-After":      "57",
 		"RateLimit-Policy": `"ip";q=3;w=60`,
-		"RateLimit":        `"ip";r=0;t=59`,
+		"RateLimit":        `"ip";r=0;t=57`,
 	} {
 		if got := w.Header().Get(k); got != v {
 			t.Errorf("%s = %q, want %q", k, got, v)
@@ -208,8 +207,9 @@ func TestMiddlewareUserAndIPAllOrNothing(t *testing.T) {
 	l, opts, clk := mwSetup(MiddlewareOptions{UserID: mwUser})
 	h := Middleware(l, p, opts)(&mwNext{})
 
-	// One step per second: a rule that just took a unit shows t=60, a rule
-	// that denied shows when its newest unit leaves (t=59).
+	// One step per second: a rule that just took a unit shows t=60 (back to
+	// full capacity when that unit leaves), a rule that denied shows when its
+	// oldest unit leaves (the request's RetryAfter).
 	const a, b, c = "198.51.100.1:1", "198.51.100.2:1", "198.51.100.3:1"
 	steps := []struct {
 		req       mwRequest
@@ -219,12 +219,12 @@ func TestMiddlewareUserAndIPAllOrNothing(t *testing.T) {
 		{mwRequest{remote: a, user: "u1"}, 200, `"user";r=1;t=60`},
 		{mwRequest{remote: a, user: "u1"}, 200, `"user";r=0;t=60`},
 		// Denied by the user rule; ip A keeps its third unit.
-		{mwRequest{remote: a, user: "u1"}, 429, `"user";r=0;t=59`},
+		{mwRequest{remote: a, user: "u1"}, 429, `"user";r=0;t=58`},
 		{mwRequest{remote: a, user: "u2"}, 200, `"ip";r=0;t=60`},
 		// Denied by the ip rule; u2 keeps its second unit.
-		{mwRequest{remote: a, user: "u2"}, 429, `"ip";r=0;t=59`},
+		{mwRequest{remote: a, user: "u2"}, 429, `"ip";r=0;t=56`},
 		{mwRequest{remote: b, user: "u2"}, 200, `"user";r=0;t=60`},
-		{mwRequest{remote: c, user: "u2"}, 429, `"user";r=0;t=59`},
+		{mwRequest{remote: c, user: "u2"}, 429, `"user";r=0;t=57`},
 	}
 	for i, s := range steps {
 		w := s.req.do(h)
@@ -488,7 +488,7 @@ func TestSetHeaders(t *testing.T) {
 			[]Decision{{Allowed: true, ResetAt: at(5 * time.Second)}, {Allowed: true, ResetAt: at(50 * time.Second)}, {Allowed: true, ResetAt: at(7 * time.Second)}},
 			`"a";q=3;w=3600, "b";q=3;w=3600, "c";q=3;w=3600`, `"b";r=0;t=50`, 50},
 		{"a denying rule beats an allowing one", []string{"a", "b"}, []Limit{hour, hour},
-			[]Decision{{Allowed: true, Remaining: 0, ResetAt: at(5 * time.Second)}, {Allowed: false, Remaining: 1, ResetAt: at(3 * time.Second)}},
+			[]Decision{{Allowed: true, Remaining: 0, ResetAt: at(5 * time.Second)}, {Allowed: false, Remaining: 1, ResetAt: at(9 * time.Second), RetryAfter: 3 * time.Second}},
 			`"a";q=3;w=3600, "b";q=3;w=3600`, `"b";r=1;t=3`, 3},
 		{"t rounds up", []string{"a"}, []Limit{hour},
 			[]Decision{{Allowed: true, Remaining: 1, ResetAt: at(1200 * time.Millisecond)}},
@@ -506,7 +506,7 @@ func TestSetHeaders(t *testing.T) {
 			[]Decision{{Allowed: true, Remaining: 1}, {Allowed: true, Remaining: 0}},
 			`"a\"b\\c";q=3;w=3600, "???";q=3;w=3600`, `"???";r=0;t=0`, 0},
 		{"negative remaining is 0", []string{"a"}, []Limit{hour},
-			[]Decision{{Remaining: -4, ResetAt: at(time.Second)}},
+			[]Decision{{Remaining: -4, ResetAt: at(time.Hour), RetryAfter: 300 * time.Millisecond}},
 			`"a";q=3;w=3600`, `"a";r=0;t=1`, 1},
 		{"mismatched lengths set nothing", []string{"a", "b"}, []Limit{hour},
 			[]Decision{{Remaining: 1}}, "", "", 0},

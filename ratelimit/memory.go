@@ -89,7 +89,9 @@ type memShard struct {
 	plain   [memNumAlgs]map[string]*memEntry
 	tagged  map[memKey]*memEntry
 	sweepAt int
-	_       [128 - 8 - 8*memNumAlgs - 8 - 8]byte
+	// last is the time (µs) of the latest decision on this shard.
+	last int64
+	_    [128 - 8 - 8*memNumAlgs - 8 - 8 - 8]byte
 }
 
 func (s *memShard) init() {
@@ -216,12 +218,19 @@ func (m *memoryLimiter) single(key string, l Limit, n int, mode memMode) (Decisi
 	}
 	k := memKey{key: key, alg: algOf(l.Algorithm)}
 	s := m.shardFor(key)
+	// The clock is read before locking, to keep the critical section short
+	// for a hot key. A time read before waiting for the lock can be older
+	// than the time of a decision that got the lock first (a fixed window
+	// from the past would then overwrite the current window's count), so
+	// such a reading is replaced by a fresh one under the lock, which is what
+	// the Redis script's TIME amounts to.
+	now := m.nowMicro()
 	s.mu.Lock()
-	// The clock is read under the lock, as the Redis script reads TIME: a
-	// time read before waiting for the lock could be older than the state
-	// another caller just wrote (a fixed window from the past would then
-	// overwrite the current window's count).
-	d := s.decide(k, m.nowMicro(), l, int64(n), mode)
+	if now < s.last {
+		now = m.nowMicro()
+	}
+	s.last = now
+	d := s.decide(k, now, l, int64(n), mode)
 	s.mu.Unlock()
 	if m.counts != nil && mode != memModePeek {
 		m.counts.inc(l.Algorithm, d.Allowed)
@@ -639,6 +648,9 @@ func (m *memoryLimiter) AllowAll(ctx context.Context, checks ...Check) (Result, 
 		m.shards[s].mu.Lock()
 	}
 	now := m.nowMicro()
+	for _, s := range shards {
+		m.shards[s].last = now
+	}
 	m.allowAllLocked(now, cs, &res)
 	for i := len(shards) - 1; i >= 0; i-- {
 		m.shards[shards[i]].mu.Unlock()

@@ -753,3 +753,18 @@ func TestConcurrentAllowNeverOverAdmits(t *testing.T) {
 		t.Fatalf("%d allowed, want 10", allowed)
 	}
 }
+
+func TestDefaultBodyLimitIsOneMiB(t *testing.T) {
+	e := newEnv(t, Deps{})
+	pad := strings.Repeat(" ", DefaultMaxBodyBytes-40)
+	fits := `{"key":"k","limit":1,"windowMs":1000}` + pad
+	if len(fits) > DefaultMaxBodyBytes {
+		t.Fatalf("test body %d bytes", len(fits))
+	}
+	e.mustStatus(e.do(http.MethodPost, "/v1/ratelimit/allow", fits), 200)
+	res := e.do(http.MethodPost, "/v1/ratelimit/allow", `{"key":"k","limit":1,"windowMs":1000}`+pad+strings.Repeat(" ", 64))
+	e.mustStatus(res, 413)
+	if code, _ := res.errorOf(t); code != "payload_too_large" {
+		t.Fatalf("code %q", code)
+	}
+}
