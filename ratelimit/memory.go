@@ -326,7 +326,25 @@ func consumes(mode memMode, fits bool) bool {
 	return mode == memModeRecord || (mode == memModeAllow && fits)
 }
 
-func micros(us int64) time.Duration { return time.Duration(us) * time.Microsecond }
+func micros(us int64) time.Duration {
+	if us > math.MaxInt64/int64(time.Microsecond) {
+		return math.MaxInt64
+	}
+	return time.Duration(us) * time.Microsecond
+}
+
+// memMaxMicros bounds float µs converted to int64. Records of up to 1e9 units
+// at up to a year each can push a GCRA tat ~1e22µs ahead, beyond int64;
+// those times saturate (about 146,000 years from the epoch) instead of
+// wrapping around to the past.
+const memMaxMicros = 1 << 62
+
+func floatMicros(f float64) int64 {
+	if f >= memMaxMicros {
+		return memMaxMicros
+	}
+	return int64(f)
+}
 
 func (e *memEntry) fixedWindow(now, w, limit, n int64, mode memMode) (Decision, bool) {
 	idx := now / w
@@ -421,13 +439,13 @@ func (e *memEntry) gcra(now, w, limit, burst, n int64, mode memMode) (Decision, 
 		tatAfter = newTat
 		e.tat = newTat
 		// PX max(1, ceil((new - now) / 1000)) ms: the bucket is full by then.
-		e.expireAt = now + max(1, int64(math.Ceil((newTat-nowf)/1000)))*1000
+		e.expireAt = floatMicros(nowf + max(1, math.Ceil((newTat-nowf)/1000))*1000)
 	}
 	d := Decision{Allowed: fits, Limit: int(burst)}
 	d.Remaining = int(max(0, math.Floor((tau-(tatAfter-nowf))/t+1e-6)))
 	if tatAfter > nowf {
 		// Truncated to whole µs, as Redis converts the script's number.
-		d.ResetAt = time.UnixMicro(int64(tatAfter))
+		d.ResetAt = time.UnixMicro(floatMicros(tatAfter))
 	} else {
 		d.ResetAt = time.UnixMicro(now)
 	}
@@ -435,7 +453,7 @@ func (e *memEntry) gcra(now, w, limit, burst, n int64, mode memMode) (Decision, 
 		if n > burst {
 			d.RetryAfter = micros(w)
 		} else {
-			d.RetryAfter = micros(int64(math.Ceil(newTat - tau - nowf)))
+			d.RetryAfter = micros(floatMicros(math.Ceil(newTat - tau - nowf)))
 		}
 	}
 	return d, wrote

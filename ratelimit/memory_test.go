@@ -544,37 +544,80 @@ func TestMemoryInvalidInput(t *testing.T) {
 	}
 }
 
-// TestMemoryClockReadUnderLock: the clock is read while the state's shard
-// is locked (as the Redis script reads TIME), so a caller that waited for the
-// lock never applies a time older than the state it finds.
-func TestMemoryClockReadUnderLock(t *testing.T) {
-	m, clk := newTestMemory(t)
+// TestMemoryStaleClockReading: the clock is read before taking the shard
+// lock; when another decision got the lock in between with a later time, the
+// reading is stale and must be replaced (as if read under the lock, like the
+// Redis script's TIME). Otherwise a call from the previous fixed window would
+// overwrite the current window's count and admit a second unit in it.
+func TestMemoryStaleClockReading(t *testing.T) {
+	l := Limit{Limit: 1, Window: time.Second, Algorithm: FixedWindow}
 	ctx := context.Background()
-	var s *memShard
-	reads := 0
-	m.now = func() time.Time {
-		reads++ // under the shard lock: no race
-		if s.mu.TryLock() {
-			s.mu.Unlock()
-			t.Error("clock read without the shard lock held")
-		}
-		return clk.Now()
+	for _, other := range []string{"allow", "allowall"} {
+		t.Run(other, func(t *testing.T) {
+			m, clk := newTestMemory(t)
+			s := m.shardFor("k")
+			clk.Set(999 * time.Millisecond)
+			interleave := true
+			m.now = func() time.Time {
+				now := clk.Now()
+				if interleave {
+					interleave = false
+					if !s.mu.TryLock() {
+						return now // read under the lock: cannot be stale
+					}
+					s.mu.Unlock()
+					// Between this reading and the lock, another caller
+					// decides at 1s and fills window 1.
+					clk.Set(time.Second)
+					var allowed bool
+					if other == "allow" {
+						d, err := m.Allow(ctx, "k", l)
+						allowed = err == nil && d.Allowed
+					} else {
+						res, err := m.AllowAll(ctx, Check{Key: "k", Limit: l})
+						allowed = err == nil && res.Allowed
+					}
+					if !allowed {
+						t.Errorf("the interleaved %s was not admitted", other)
+					}
+				}
+				return now
+			}
+			d, err := m.Allow(ctx, "k", l)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Allowed || !d.ResetAt.Equal(memBase.Add(2*time.Second)) {
+				t.Fatalf("the call with the stale reading got %+v, want a denial in window 1", d)
+			}
+			if d, _ := m.Allow(ctx, "k", l); d.Allowed {
+				t.Fatalf("window 1 admitted a second unit: %+v", d)
+			}
+		})
 	}
-	s = m.shardFor("k")
+}
+
+// TestMemoryExtremeInputs: the largest accepted costs and windows neither
+// panic nor wrap times around to the past.
+func TestMemoryExtremeInputs(t *testing.T) {
+	m, _ := newTestMemory(t)
+	ctx := context.Background()
 	for _, a := range Algorithms {
-		l := Limit{Limit: 1, Window: time.Second, Algorithm: a}
-		if _, err := m.Allow(ctx, "k", l); err != nil {
+		l := Limit{Limit: 1, Window: MaxWindow, Algorithm: a}
+		d, err := m.Record(ctx, "k", l, 1_000_000_000)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.Peek(ctx, "k", l); err != nil {
+		if d.Allowed || d.RetryAfter != MaxWindow || d.Remaining != 0 {
+			t.Errorf("%s: record 1e9 of 1: %+v", a, d)
+		}
+		d, err = m.Peek(ctx, "k", l)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.AllowAll(ctx, Check{Key: "x", Tag: "k", Limit: l}); err != nil {
-			t.Fatal(err)
+		if d.Allowed || d.RetryAfter <= 0 || !d.ResetAt.After(memBase) {
+			t.Errorf("%s: after record 1e9 of 1, peek got %+v: want a denial with a future reset", a, d)
 		}
-	}
-	if reads != 3*len(Algorithms) {
-		t.Fatalf("clock read %d times, want once per call (%d)", reads, 3*len(Algorithms))
 	}
 }
 
