@@ -11,8 +11,10 @@ run:
 	$(GO) run ./cmd/eleva-redis serve
 
 ## test: install redis-server when missing (as root, with apt-get), then run every test with -race
+## (and the bench harness's smoke test, which asserts no timing)
 test: deps-test
 	$(GO) test -race -count=1 -timeout 20m ./...
+	cd bench && $(GO) test -count=1 -timeout 10m ./...
 
 deps-test:
 	@./scripts/ensure-test-deps.sh

@@ -155,6 +155,11 @@ func TestMemoryAlgorithms(t *testing.T) {
 			// tat = now0 + 1333333.25 to whole µs, as Redis does.
 			{333334 * us, "allow", 1, true, 0, 0, 1333333 * us},
 		}},
+		{"gcra interval under 1µs", Limit{Limit: 1_000_000_000, Window: time.Millisecond, Burst: 5, Algorithm: GCRA}, []memStep{
+			// T = 1e-6µs: 6T is within the half-µs tolerance of tau = 5T,
+			// but a cost above the burst never fits.
+			{0, "allow", 6, false, 5, time.Millisecond, 0},
+		}},
 		{"sliding-log", Limit{Limit: 3, Window: time.Second}, []memStep{
 			{0, "allow", 1, true, 2, 0, time.Second},
 			{0, "allow", 1, true, 1, 0, time.Second + 1*us}, // same µs: stamp newest+1
@@ -214,6 +219,33 @@ func TestMemoryAlgorithms(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMemoryGCRATolerance: with L=6, W=1s, six single units taken in one
+// µs accumulate float rounding (on the 0.25µs grid of now) to new - now =
+// tau + 0.5 on the sixth; the spec's half-µs tolerance admits it, so a full
+// burst is exactly L units, and the seventh waits for one interval.
+func TestMemoryGCRATolerance(t *testing.T) {
+	m, _ := newTestMemory(t)
+	ctx := context.Background()
+	l := Limit{Limit: 6, Window: time.Second, Algorithm: GCRA}
+	for i := 1; i <= 6; i++ {
+		d, err := m.Allow(ctx, "k", l)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !d.Allowed {
+			t.Fatalf("unit %d of a burst of 6 denied: %+v", i, d)
+		}
+		if i == 6 && (d.Remaining != 0 || !d.ResetAt.Equal(memBase.Add(time.Second))) {
+			t.Fatalf("unit 6: %+v, want remaining 0, reset +1s (tat +1000000.5µs truncated)", d)
+		}
+	}
+	// new = now + 1166667.25 after rounding: ceil(new - tau - now) = 166668.
+	d, _ := m.Allow(ctx, "k", l)
+	if d.Allowed || d.RetryAfter != 166668*us {
+		t.Fatalf("unit 7: %+v, want denied with RetryAfter 166668µs", d)
 	}
 }
 
