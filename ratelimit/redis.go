@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -14,18 +15,127 @@ import (
 	"github.com/elevacare/eleva-redis/internal/keys"
 )
 
-// luaSource decides every rule of every algorithm; see its header for KEYS
-// and ARGV.
-//
-//go:embed ratelimit.lua
-var luaSource string
-
+// The Lua sources, assembled at init into the scripts below: each
+// algorithm's formulas are written once, as blocks in its own file, and
+// pasted into both kinds of script (see common.lua).
 var (
-	script    = rueidis.NewLuaScript(luaSource)
-	scriptSHA = func() string { s := sha1.Sum([]byte(luaSource)); return hex.EncodeToString(s[:]) }()
+	//go:embed common.lua
+	luaCommon string
+	//go:embed slidinglog.lua
+	luaSlidingLog string
+	//go:embed slidingwindow.lua
+	luaSlidingWindow string
+	//go:embed gcra.lua
+	luaGCRA string
+	//go:embed fixedwindow.lua
+	luaFixedWindow string
+	//go:embed single.lua
+	luaSingle string
+	//go:embed algfuncs.lua
+	luaAlgFuncs string
+	//go:embed allowall.lua
+	luaAllowAll string
 )
 
-// Script modes (ARGV[1]).
+// Scripts. A single check (Allow, AllowN, Peek, Record: the hot path) runs
+// a short script holding only its algorithm's code, inline, for its mode:
+// singleScripts[algIndex(alg)][modeIndex(mode)]. AllowAll groups and their
+// refunds run one script holding every algorithm.
+var (
+	singleScripts  = assembleSingles()
+	allowAllSource = assembleAllowAll()
+	allowAllScript = rueidis.NewLuaScript(allowAllSource)
+	allowAllSHA    = func() string { s := sha1.Sum([]byte(allowAllSource)); return hex.EncodeToString(s[:]) }()
+)
+
+// algSources are the algorithm files, indexed like Algorithms (algIndex).
+var algSources = [...]string{luaSlidingLog, luaSlidingWindow, luaGCRA, luaFixedWindow}
+
+// singleModes are the modes of the single-check scripts, indexed by
+// modeIndex.
+var singleModes = [...]string{modeAllow, modePeek, modeRecord}
+
+// modeIndex is mode's position in singleModes.
+func modeIndex(mode string) int {
+	switch mode {
+	case modePeek:
+		return 1
+	case modeRecord:
+		return 2
+	default:
+		return 0
+	}
+}
+
+// blocks splits an algorithm file into its eval, write and refund blocks:
+// the lines after "--:eval", "--:write" and "--:refund" (the file's header
+// comment, before the first marker, is dropped).
+func blocks(src string) map[string]string {
+	b := map[string]string{}
+	cur := ""
+	for _, line := range strings.SplitAfter(src, "\n") {
+		if name, ok := strings.CutPrefix(strings.TrimSpace(line), "--:"); ok {
+			cur = name
+			continue
+		}
+		if cur != "" {
+			b[cur] += line
+		}
+	}
+	return b
+}
+
+// paste replaces each line of tmpl that is just "--{name}" (indentation
+// aside) with blocks[name].
+func paste(tmpl string, blocks map[string]string) string {
+	var sb strings.Builder
+	for _, line := range strings.SplitAfter(tmpl, "\n") {
+		t := strings.TrimSpace(line)
+		if name, ok := strings.CutPrefix(t, "--{"); ok && strings.HasSuffix(name, "}") {
+			if code, ok := blocks[strings.TrimSuffix(name, "}")]; ok {
+				sb.WriteString(code)
+				continue
+			}
+		}
+		sb.WriteString(line)
+	}
+	return sb.String()
+}
+
+// assembleSingle returns the single-check script of the algorithm whose
+// file is alg, for mode (see single.lua).
+func assembleSingle(alg, mode string) string {
+	b := blocks(alg)
+	b["mode"] = "local mode = '" + mode + "'\n"
+	return luaCommon + paste(luaSingle, b)
+}
+
+// assembleSingles returns every single-check script, indexed by algIndex
+// and modeIndex.
+func assembleSingles() (s [len(algSources)][len(singleModes)]*rueidis.Lua) {
+	for a, alg := range algSources {
+		for m, mode := range singleModes {
+			s[a][m] = rueidis.NewLuaScript(assembleSingle(alg, mode))
+		}
+	}
+	return s
+}
+
+// assembleAllowAll returns the AllowAll script (see allowall.lua).
+func assembleAllowAll() string {
+	var sb strings.Builder
+	sb.WriteString(luaCommon)
+	for i, alg := range algSources {
+		c := algCode(Algorithms[i])
+		names := strings.NewReplacer("X_eval", c+"_eval", "X_write", c+"_write", "X_refund", c+"_refund")
+		sb.WriteString(names.Replace(paste(luaAlgFuncs, blocks(alg))))
+	}
+	sb.WriteString(luaAllowAll)
+	return sb.String()
+}
+
+// Script modes: those of the single-check scripts (allow, peek, record; see
+// single.lua) and ARGV[1] of allowall.lua (allow, refund).
 const (
 	modeAllow  = "allow"
 	modePeek   = "peek"
@@ -36,15 +146,15 @@ const (
 // keyCapability is the capability segment of every rate-limit key.
 const keyCapability = "rl"
 
-// fieldsPerCheck is the number of ARGV fields per check after the mode, and
-// replyPerCheck the number of reply values per check (see ratelimit.lua).
+// fieldsPerCheck is the number of allowall.lua ARGV fields per check after
+// the mode, and replyPerCheck its number of reply values per check.
 const (
 	fieldsPerCheck = 6
 	replyPerCheck  = 5
 )
 
-// algCode is the short algorithm suffix of a state key and the script's
-// algorithm argument.
+// algCode is the short algorithm suffix of a state key and the scripts'
+// algorithm code.
 func algCode(a Algorithm) string {
 	switch a {
 	case SlidingWindow:
@@ -121,17 +231,13 @@ func (r *redisLimiter) stateKey(tag, key string, alg Algorithm) (safeTag, k stri
 	return safeTag, r.keys.RawKey(keyCapability, safeTag, r.keys.ID(key), algCode(alg))
 }
 
-// appendArgs appends the script's per-check fields for l and cost n.
+// appendArgs appends allowall.lua's per-check fields for l and cost n.
 func appendArgs(args []string, l Limit, n int, token string) []string {
-	burst := l.Burst
-	if burst == 0 {
-		burst = l.Limit
-	}
 	return append(args,
 		algCode(l.algorithm()),
 		strconv.Itoa(l.Limit),
 		strconv.FormatInt(l.Window.Microseconds(), 10),
-		strconv.Itoa(burst),
+		strconv.Itoa(l.capacity()),
 		strconv.Itoa(n),
 		token,
 	)
@@ -157,7 +263,8 @@ func (r *redisLimiter) Record(ctx context.Context, key string, l Limit, n int) (
 	return r.one(ctx, modeRecord, key, l, n)
 }
 
-// one decides a single rule in one script call.
+// one decides a single rule in one call of its algorithm's single-check
+// script.
 func (r *redisLimiter) one(ctx context.Context, mode, key string, l Limit, n int) (Decision, error) {
 	if err := ctx.Err(); err != nil {
 		return Decision{}, fmt.Errorf("ratelimit: %w", err)
@@ -174,15 +281,18 @@ func (r *redisLimiter) one(ctx context.Context, mode, key string, l Limit, n int
 	if r.cfgErr != nil {
 		return Decision{}, r.cfgErr
 	}
-	_, k := r.stateKey("", key, l.algorithm())
-	args := appendArgs(make([]string, 1, 1+fieldsPerCheck), l, n, "")
-	args[0] = mode
+	alg := l.algorithm()
+	_, k := r.stateKey("", key, alg)
+	keys := []string{k}
+	args := []string{strconv.Itoa(l.Limit), strconv.FormatInt(l.Window.Microseconds(), 10), strconv.Itoa(n)}
+	if c := l.capacity(); c != l.Limit {
+		args = append(args, strconv.Itoa(c))
+	}
+	sc := singleScripts[algIndex(alg)][modeIndex(mode)]
 	var d Decision
 	out, err := r.fo.run(ctx, mode, func(ctx context.Context) error {
-		ds, _, err := parseReply(script.Exec(ctx, r.client, []string{k}, args), []Limit{l})
-		if err == nil {
-			d = ds[0]
-		}
+		var err error
+		d, err = parseSingle(sc.Exec(ctx, r.client, keys, args), l)
 		return err
 	})
 	switch out {
@@ -194,12 +304,38 @@ func (r *redisLimiter) one(ctx context.Context, mode, key string, l Limit, n int
 		}
 	}
 	if mode != modePeek {
-		r.decisions.inc(l.algorithm(), d.Allowed)
+		r.decisions.inc(alg, d.Allowed)
 	}
 	return d, nil
 }
 
-// parseReply turns the script's reply into decisions, one per limit, and the
+// parseSingle turns a single-check script's reply into the decision of l:
+// {remaining, resetAt} when the units fit, {remaining, resetAt, retryAfter}
+// when they do not.
+func parseSingle(res rueidis.RedisResult, l Limit) (Decision, error) {
+	vals, err := res.ToArray()
+	if err != nil {
+		return Decision{}, err
+	}
+	if len(vals) != 2 && len(vals) != 3 {
+		return Decision{}, fmt.Errorf("ratelimit: script returned %d values, want 2 or 3", len(vals))
+	}
+	var nums [3]int64
+	for j := range vals {
+		if nums[j], err = vals[j].AsInt64(); err != nil {
+			return Decision{}, fmt.Errorf("ratelimit: script reply: %w", err)
+		}
+	}
+	return Decision{
+		Allowed:    len(vals) == 2,
+		Limit:      l.capacity(),
+		Remaining:  int(nums[0]),
+		ResetAt:    time.UnixMicro(nums[1]),
+		RetryAfter: time.Duration(nums[2]) * time.Microsecond,
+	}, nil
+}
+
+// parseReply turns allowall.lua's reply into decisions, one per limit, and the
 // refund tokens.
 func parseReply(res rueidis.RedisResult, ls []Limit) ([]Decision, []string, error) {
 	vals, err := res.ToArray()
@@ -427,18 +563,18 @@ func (r *redisLimiter) refund(callerCtx context.Context, execs []rueidis.LuaExec
 	}
 }
 
-// evalMulti runs the script once per exec, pipelined: one round trip (the
+// evalMulti runs allowall.lua once per exec, pipelined: one round trip (the
 // Cluster client sends each node its share in parallel). It uses EVALSHA and
 // re-sends only the NOSCRIPT failures with EVAL. rueidis's Lua.ExecMulti is
 // not used because it SCRIPT LOADs on every node before each call, a second
 // round trip to every node.
 func (r *redisLimiter) evalMulti(ctx context.Context, execs []rueidis.LuaExec) []rueidis.RedisResult {
 	if len(execs) == 1 {
-		return []rueidis.RedisResult{script.Exec(ctx, r.client, execs[0].Keys, execs[0].Args)}
+		return []rueidis.RedisResult{allowAllScript.Exec(ctx, r.client, execs[0].Keys, execs[0].Args)}
 	}
 	cmds := make(rueidis.Commands, len(execs))
 	for i, e := range execs {
-		cmds[i] = r.client.B().Evalsha().Sha1(scriptSHA).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
+		cmds[i] = r.client.B().Evalsha().Sha1(allowAllSHA).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build()
 	}
 	replies := r.client.DoMulti(ctx, cmds...)
 	var again rueidis.Commands
@@ -446,7 +582,7 @@ func (r *redisLimiter) evalMulti(ctx context.Context, execs []rueidis.LuaExec) [
 	for i := range replies {
 		if rerr, ok := rueidis.IsRedisErr(replies[i].Error()); ok && rerr.IsNoScript() {
 			e := execs[i]
-			again = append(again, r.client.B().Eval().Script(luaSource).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build())
+			again = append(again, r.client.B().Eval().Script(allowAllSource).Numkeys(int64(len(e.Keys))).Key(e.Keys...).Arg(e.Args...).Build())
 			at = append(at, i)
 		}
 	}

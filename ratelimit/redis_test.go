@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -832,30 +833,55 @@ func TestRedisMetrics(t *testing.T) {
 	}
 }
 
-// TestRedisScriptCacheFlushed checks the NOSCRIPT fallback of both paths (a
-// single EVALSHA and the pipelined AllowAll) after the server forgot the
-// script, as after a restart or a failover to a fresh replica.
+// TestRedisScriptCacheFlushed checks the NOSCRIPT fallback of every script
+// (the single-check script of each algorithm and mode, and the pipelined
+// AllowAll) after the server forgot them, as after a restart or a failover
+// to a fresh replica.
 func TestRedisScriptCacheFlushed(t *testing.T) {
 	t.Parallel()
 	srv := redistest.NewServer(t)
 	client := redistest.Client(t, srv.URL())
 	ctx := context.Background()
 	x := rt{t, newTestRedis(t, client, Config{})}
-	rule := Limit{Limit: 5, Window: time.Hour}
 	flush := func() {
+		t.Helper()
 		if err := client.Do(ctx, client.B().ScriptFlush().Build()).Error(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	x.allow("k", rule) // loads the script
-	flush()
-	if d := x.allow("k", rule); !d.Allowed || d.Remaining != 3 {
-		t.Fatalf("Allow after SCRIPT FLUSH: %+v", d)
+	for _, a := range Algorithms {
+		rule := Limit{Limit: 5, Window: time.Hour, Algorithm: a}
+		k := "k-" + string(a)
+		x.allow(k, rule) // loads the allow script
+		flush()
+		if d := x.allow(k, rule); !d.Allowed || d.Remaining != 3 {
+			t.Fatalf("%s: Allow after SCRIPT FLUSH: %+v", a, d)
+		}
+		flush()
+		if d := x.peek(k, rule); !d.Allowed || d.Remaining != 3 {
+			t.Fatalf("%s: Peek after SCRIPT FLUSH: %+v", a, d)
+		}
+		flush()
+		if d := x.record(k, rule, 4); d.Allowed || d.Remaining != 0 {
+			t.Fatalf("%s: Record(4) of 3 left after SCRIPT FLUSH: %+v", a, d)
+		}
 	}
+	rule := Limit{Limit: 5, Window: time.Hour}
+	x.allow("k", rule)
 	flush()
 	r := x.allowAll(Check{Key: "k", Limit: rule}, Check{Key: "other", Limit: rule}, Check{Key: "third", Tag: "t", Limit: rule})
-	if !r.Allowed || r.Decisions[0].Remaining != 2 || r.Decisions[1].Remaining != 4 || r.Decisions[2].Remaining != 4 {
+	if !r.Allowed || r.Decisions[0].Remaining != 3 || r.Decisions[1].Remaining != 4 || r.Decisions[2].Remaining != 4 {
 		t.Fatalf("AllowAll after SCRIPT FLUSH: %+v", r)
+	}
+	// A denied AllowAll across two tags refunds with the same script, also
+	// after a flush: the fitting check keeps all it had.
+	x.exhaust("full", rule)
+	flush()
+	if r := x.allowAll(Check{Key: "fresh", Limit: rule}, Check{Key: "full", Limit: rule}); r.Allowed || r.Decisions[1].Allowed {
+		t.Fatalf("AllowAll with an exhausted check after SCRIPT FLUSH: %+v", r)
+	}
+	if d := x.peek("fresh", rule); d.Remaining != 5 {
+		t.Fatalf("the fitting check of a denied AllowAll keeps %d of 5 after the refund", d.Remaining)
 	}
 }
 
@@ -875,4 +901,233 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// TestRedisScriptAssembly checks the scripts assembled from the Lua files:
+// every algorithm file has its three blocks, every placeholder was
+// replaced, the single-check scripts (the hot path) define no function
+// (closures would be rebuilt on every call), and Redis compiles every
+// script (SCRIPT LOAD), including combinations the other tests may not run.
+func TestRedisScriptAssembly(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	ctx := context.Background()
+	// code strips Lua comments ("--" to the end of the line; the scripts
+	// hold no "--" inside strings).
+	code := func(src string) string {
+		var sb strings.Builder
+		for _, line := range strings.Split(src, "\n") {
+			if i := strings.Index(line, "--"); i >= 0 {
+				line = line[:i]
+			}
+			sb.WriteString(line + "\n")
+		}
+		return sb.String()
+	}
+	load := func(name, src string) {
+		t.Helper()
+		if strings.Contains(src, "--{") {
+			t.Errorf("%s: a placeholder line was not replaced", name)
+		}
+		if err := client.Do(ctx, client.B().ScriptLoad().Script(src).Build()).Error(); err != nil {
+			t.Errorf("%s: SCRIPT LOAD: %v", name, err)
+		}
+	}
+	for i, a := range Algorithms {
+		b := blocks(algSources[i])
+		for _, name := range []string{"eval", "write", "refund"} {
+			if strings.TrimSpace(b[name]) == "" {
+				t.Errorf("%s: no %s block", a, name)
+			}
+		}
+		for _, mode := range singleModes {
+			src := assembleSingle(algSources[i], mode)
+			name := string(a) + "/" + mode
+			if !strings.Contains(src, "local mode = '"+mode+"'\n") {
+				t.Errorf("%s: the mode line is missing", name)
+			}
+			if strings.Contains(code(src), "function") {
+				t.Errorf("%s: the single-check script defines a function", name)
+			}
+			load(name, src)
+		}
+		for _, fn := range []string{"_eval(", "_write(", "_refund("} {
+			if !strings.Contains(allowAllSource, "local function "+algCode(a)+fn) {
+				t.Errorf("allowall: no %s%s", algCode(a), fn)
+			}
+		}
+	}
+	if strings.Contains(code(allowAllSource), "X_") {
+		t.Errorf("allowall: a function name X_... was not replaced")
+	}
+	load("allowall", allowAllSource)
+}
+
+// TestRedisSingleMatchesAllowAll runs the same requests through the
+// single-check scripts (AllowN, Peek, Record) on one key and through the
+// AllowAll script on another: both pastes of an algorithm's blocks must
+// decide alike, on Redis and on Cluster. Exact on allowed and remaining;
+// times within slack (a few µs apart in practice).
+func TestRedisSingleMatchesAllowAll(t *testing.T) {
+	t.Parallel()
+	for _, target := range redisTargets {
+		t.Run(target.name, func(t *testing.T) {
+			t.Parallel()
+			client := redistest.Client(t, target.url(t))
+			eachAlgorithm(t, func(t *testing.T, a Algorithm) {
+				x := rt{t, newTestRedis(t, client, Config{})}
+				l := lim(a, 5, confWindow)
+				if a == GCRA {
+					l.Burst = 4 // exercise the optional burst argument
+				}
+				near := func(what string, single, all time.Duration) {
+					t.Helper()
+					if d := single - all; d < -slack || d > slack {
+						t.Errorf("%s: single %v, AllowAll %v", what, single, all)
+					}
+				}
+				same := func(step string, s, m Decision) {
+					t.Helper()
+					if s.Allowed != m.Allowed || s.Remaining != m.Remaining || s.Limit != m.Limit {
+						t.Fatalf("%s: single %+v, AllowAll %+v", step, s, m)
+					}
+					near(step+" ResetAt", time.Duration(s.ResetAt.UnixMicro())*time.Microsecond, time.Duration(m.ResetAt.UnixMicro())*time.Microsecond)
+					near(step+" RetryAfter", s.RetryAfter, m.RetryAfter)
+				}
+				for i, n := range []int{2, 1, 3, 6, 1, 1, 2, 1} {
+					s := x.allowN("single", l, n)
+					m := x.allowAll(Check{Key: "all", Limit: l, Cost: n}).Decisions[0]
+					same(fmt.Sprintf("step %d, cost %d", i, n), s, m)
+					p := x.peek("single", l)
+					if rem := x.remainingOf(Check{Key: "all", Limit: l}); p.Remaining != rem {
+						t.Fatalf("step %d: Peek remaining %d, AllowAll probe %d", i, p.Remaining, rem)
+					}
+				}
+				// Record on the single path; the AllowAll path sees the
+				// state it left on the same key.
+				x.record("single", l, 3)
+				s := x.peek("single", l)
+				m := x.allowAll(Check{Key: "single", Limit: l}).Decisions[0]
+				same("after Record", s, m)
+			})
+		})
+	}
+}
+
+// TestRedisExpiryIsWindowEnd checks that a state key expires exactly where
+// docs/ratelimit-algorithms.md says, on both paths, including the writes
+// within the current window that leave the expiry set by the window's first
+// write: fixed-window at (idx+1)*W and sliding-window at (idx+2)*W (both
+// ResetAt once a unit is taken), sliding-log at newest stamp + W (ResetAt,
+// rounded up to the ms), gcra at most ceil((tat-now)/1000) ms ahead.
+func TestRedisExpiryIsWindowEnd(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	ctx := context.Background()
+	r := newTestRedis(t, client, Config{})
+	x := rt{t, r}
+	expireAt := func(k string) time.Time {
+		t.Helper()
+		ms, err := client.Do(ctx, client.B().Pexpiretime().Key(k).Build()).AsInt64()
+		if err != nil || ms <= 0 {
+			t.Fatalf("PEXPIRETIME %q: %d, %v", k, ms, err)
+		}
+		return time.UnixMilli(ms)
+	}
+	ceilMs := func(at time.Time) time.Time {
+		return time.UnixMilli((at.UnixMicro() + 999) / 1000)
+	}
+	for _, a := range Algorithms {
+		l := Limit{Limit: 10, Window: time.Hour, Algorithm: a}
+		for _, path := range []string{"single", "allowall"} {
+			key := path + "-" + string(a)
+			_, k := r.stateKey("", key, a)
+			var d Decision
+			for i := 0; i < 3; i++ { // the first write of the window, then two more
+				if path == "single" {
+					d = x.allow(key, l)
+				} else {
+					d = x.allowAll(Check{Key: key, Limit: l}).Decisions[0]
+				}
+			}
+			got := expireAt(k)
+			switch a {
+			case GCRA:
+				// 3 units of 6 minutes: the bucket is full again at ResetAt.
+				// The expiry is relative (PX) to the server's clock at SET,
+				// a few µs after TIME: it may land 1ms past ResetAt's ms.
+				if want := ceilMs(d.ResetAt); got.Before(want.Add(-slack)) || got.After(want.Add(time.Millisecond)) {
+					t.Errorf("%s %s: expires at %v, want about %v", path, a, got, want)
+				}
+			default:
+				if want := ceilMs(d.ResetAt); !got.Equal(want) {
+					t.Errorf("%s %s: expires at %v, want %v (ResetAt %v)", path, a, got, want, d.ResetAt)
+				}
+			}
+		}
+	}
+}
+
+// TestRedisCorruptFieldsWriteNothing puts a garbage field into the hash of
+// a fixed-window or sliding-window key: every call on it (each mode of the
+// single-check script, and AllowAll) fails as a backend error, decided by
+// the failure policy, and leaves the hash exactly as it was.
+func TestRedisCorruptFieldsWriteNothing(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	ctx := context.Background()
+	r := newTestRedis(t, client, Config{BreakerCooldown: -1})
+	now := redisTime(t, client)
+	cur := strconv.FormatInt(now/time.Hour.Microseconds(), 10)
+	for _, c := range []struct {
+		a      Algorithm
+		fields []string // field, value, ...
+	}{
+		{FixedWindow, []string{"w", "x", "c", "1"}},
+		{FixedWindow, []string{"w", cur, "c", "1.2.3"}},
+		{SlidingWindow, []string{"w", "x", "c", "1", "p", "1"}},
+		{SlidingWindow, []string{"w", cur, "c", "x", "p", "1"}},
+		{SlidingWindow, []string{"w", cur, "c", "1", "p", "x"}},
+	} {
+		key := "bad-" + strings.Join(c.fields, "-")
+		_, k := r.stateKey("", key, c.a)
+		fv := client.B().Hset().Key(k).FieldValue()
+		for i := 0; i < len(c.fields); i += 2 {
+			fv = fv.FieldValue(c.fields[i], c.fields[i+1])
+		}
+		if err := client.Do(ctx, fv.Build()).Error(); err != nil {
+			t.Fatal(err)
+		}
+		l := Limit{Limit: 5, Window: time.Hour, Algorithm: c.a}
+		calls := map[string]func() (Decision, error){
+			"Allow":  func() (Decision, error) { return r.Allow(ctx, key, l) },
+			"Peek":   func() (Decision, error) { return r.Peek(ctx, key, l) },
+			"Record": func() (Decision, error) { return r.Record(ctx, key, l, 2) },
+			"AllowAll": func() (Decision, error) {
+				res, err := r.AllowAll(ctx, Check{Key: key, Limit: l})
+				if !res.Degraded && err == nil {
+					return Decision{Allowed: res.Allowed}, nil
+				}
+				return Decision{Allowed: res.Allowed, Degraded: res.Degraded}, err
+			},
+		}
+		for name, call := range calls {
+			d, err := call()
+			if err != nil || !d.Degraded || d.Allowed {
+				t.Errorf("%s %v: %s = %+v, %v; want a degraded denial (fail closed)", c.a, c.fields, name, d, err)
+			}
+		}
+		h, err := client.Do(ctx, client.B().Hgetall().Key(k).Build()).AsStrMap()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(h)*2 != len(c.fields) {
+			t.Errorf("%s %v: hash now %v", c.a, c.fields, h)
+		}
+		for i := 0; i < len(c.fields); i += 2 {
+			if h[c.fields[i]] != c.fields[i+1] {
+				t.Errorf("%s %v: field %s is now %q", c.a, c.fields, c.fields[i], h[c.fields[i]])
+			}
+		}
+	}
 }

@@ -1,0 +1,41 @@
+-- common.lua: the prelude of every rate-limit script.
+--
+-- The scripts are assembled at init (redis.go, assemble*) from this file,
+-- the algorithm files (slidinglog.lua, slidingwindow.lua, gcra.lua,
+-- fixedwindow.lua) and a main part: single.lua, one check (Allow, AllowN,
+-- Peek, Record), one short script per algorithm; or allowall.lua, AllowAll
+-- groups and their refunds, one script for every algorithm. The mains'
+-- headers document KEYS and ARGV.
+--
+-- Each formula of docs/ratelimit-algorithms.md is written once, in its
+-- algorithm file, as three code blocks (not functions: a script has no
+-- persistent globals, so a function would be re-created on every call,
+-- which costs more than the decision itself on the hot path). single.lua
+-- pastes the eval and write blocks inline; allowall.lua gets them wrapped
+-- into functions by algfuncs.lua. Each block is a statement list that sees
+-- these locals and may declare its own:
+--
+--   eval    in:  key, L, W, B, n
+--           out: fits, remaining, reset, retry, s1..s4; bad
+--           reads the state, writes nothing. remaining, reset (µs) and
+--           retry (µs, 0 when fits) are as if nothing is consumed; s1..s4 is
+--           what the write block needs. Sets bad when the key holds corrupt
+--           state (the other outputs are then meaningless).
+--   write   in:  key, L, W, B, n, s1..s4 (from eval)
+--           out: remaining, reset, token
+--           consumes n (fitting or not), sets the key's expiry, and reports
+--           what is left afterwards; token (a number) identifies the write
+--           for refund.
+--   refund  in:  key, L, W, B, n, token
+--           gives back what the write that produced token consumed.
+--
+-- L is the limit, W the window in µs, B the burst (gcra; the caller passes
+-- L otherwise), n the cost. Time is Redis TIME, read once per call. Numbers
+-- are Lua doubles: integers up to 2^53 are exact, and µs timestamps (~2^51)
+-- stay well inside that. Numbers passed to redis.call are formatted here
+-- ('%.0f', '%.17g'), never left to the server's own number conversion, which
+-- differs between Redis versions.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local fmt, floor, ceil, max = string.format, math.floor, math.ceil, math.max
