@@ -538,18 +538,20 @@ func runConformance(t *testing.T, open func(t *testing.T, n int, cfg Config) []L
 	t.Run("DoKeepsTheLockAlive", func(t *testing.T) {
 		t.Parallel()
 		ls := open(t, 2, Config{})
-		const ttl = 150 * time.Millisecond
+		// The watchdog refreshes every ttl/3; a TTL of 500ms leaves 330ms of
+		// slack for a refresh delayed by a loaded CI machine under -race.
+		const ttl = 500 * time.Millisecond
 		var ran bool
 		err := Do(ctx, ls[0], "d", ttl, func(fctx context.Context, fence uint64) error {
 			ran = true
-			// Run for 4 TTLs: without the watchdog the lock would expire.
-			time.Sleep(4 * ttl)
+			// Run for 3 TTLs: without the watchdog the lock would expire.
+			time.Sleep(3 * ttl)
 			if fctx.Err() != nil {
 				return fmt.Errorf("fn's ctx done while the lock is held: %w", context.Cause(fctx))
 			}
 			info := mustInspect(t, ls[1], "d")
 			if !info.Held || info.Fence != fence {
-				return fmt.Errorf("after 4 TTLs: %+v, want held with fence %d", info, fence)
+				return fmt.Errorf("after 3 TTLs: %+v, want held with fence %d", info, fence)
 			}
 			if _, err := ls[1].Acquire(ctx, "d", time.Second); !errors.Is(err, ErrHeld) {
 				return fmt.Errorf("another Acquire during Do: %v, want ErrHeld", err)
