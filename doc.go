@@ -13,7 +13,18 @@
 // Passwords never reach logs or errors: RedactURL replaces them, and
 // Eleva.Describe names the topology, addresses and user only.
 //
-// Capabilities are fields of Eleva: RateLimit (package ratelimit) so far. Each
+// Capabilities are fields of Eleva, all on the one backend: RateLimit
+// (package ratelimit), Locks (package lock: distributed locks with fencing
+// tokens) and Temp (package tempdata: temporary values, one-time tokens and
+// idempotency records, and the store of tempdata.IdempotencyMiddleware).
+// Config.RateLimit, Config.Lock and Config.Temp tune each; their prefix, key
+// hash secret, metrics registry and logger default to the top-level fields.
+// Config.EncryptionKey (the ELEVA_ENCRYPTION_KEY format) turns on AES-256-GCM
+// encryption at rest of what Temp stores, with key ids for rotation. Each
 // capability package also has its own constructors (NewRedis, NewMemory) for
 // programs that want only one of them.
+//
+// Locks and Temp fail closed: when Redis is unreachable or slower than their
+// timeout (500ms by default) calls return an error (ErrBackend), never a
+// guess. The rate limiter instead decides by its failure policy.
 package elevaredis

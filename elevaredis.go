@@ -17,7 +17,9 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 // Backend names returned by Eleva.Backend.
@@ -38,7 +40,8 @@ var (
 )
 
 // Config configures Open. The zero value is the default: the in-process
-// memory backend, keys under "eleva:", no metrics registered.
+// memory backend, keys under "eleva:", no metrics registered, no encryption
+// at rest.
 type Config struct {
 	// RedisURL selects the Redis backend; "" means the memory backend. Forms
 	// (parsed by rueidis.ParseURL):
@@ -69,6 +72,21 @@ type Config struct {
 	// RateLimit configures the rate limiter. Its Prefix, KeyHashSecret,
 	// Registerer and Logger default to the fields above when empty.
 	RateLimit ratelimit.Config
+	// Lock configures the locker, Temp the store of temporary values,
+	// one-time tokens and idempotency records. Their Prefix, KeyHashSecret,
+	// Registerer and Logger default to the fields above when empty, as
+	// RateLimit's do.
+	Lock lock.Config
+	Temp tempdata.Config
+	// EncryptionKey turns on encryption at rest (AES-256-GCM) of temporary
+	// values, token data and idempotency responses: the ELEVA_ENCRYPTION_KEY
+	// format, comma-separated "kid:base64key" entries (32-byte keys), the
+	// first sealing new values and every one opening (key rotation), parsed
+	// by tempdata.ParseKeyring. "" means no encryption, unless Temp.Keyring
+	// is set; setting both is an error. A value that does not parse makes
+	// Open fail with ErrInvalidConfig, whose message never contains key
+	// material.
+	EncryptionKey string
 	// TLS replaces the TLS configuration of a rediss:// URL, for example to
 	// trust a private CA (RootCAs) or to present a client certificate. An
 	// empty ServerName is taken from the URL. Setting it with a redis:// URL
@@ -85,10 +103,16 @@ type Config struct {
 type Eleva struct {
 	// RateLimit is the rate limiter.
 	RateLimit ratelimit.Limiter
+	// Locks hands out distributed locks with fencing tokens.
+	Locks lock.Locker
+	// Temp keeps temporary values, one-time tokens and idempotency records
+	// (and backs tempdata.IdempotencyMiddleware).
+	Temp tempdata.Store
 
 	client    rueidis.Client // nil on memory
 	target    target
 	cacheOff  bool
+	keyIDs    []string // encryption key ids, the current one first
 	closeOnce sync.Once
 }
 
@@ -126,18 +150,66 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	if rl.Logger == nil {
 		rl.Logger = logger
 	}
+	lk := cfg.Lock
+	if lk.Prefix == "" {
+		lk.Prefix = cfg.KeyPrefix
+	}
+	if len(lk.KeyHashSecret) == 0 {
+		lk.KeyHashSecret = cfg.KeyHashSecret
+	}
+	if lk.Registerer == nil {
+		lk.Registerer = cfg.Registerer
+	}
+	if lk.Logger == nil {
+		lk.Logger = logger
+	}
+	td := cfg.Temp
+	if td.Prefix == "" {
+		td.Prefix = cfg.KeyPrefix
+	}
+	if len(td.KeyHashSecret) == 0 {
+		td.KeyHashSecret = cfg.KeyHashSecret
+	}
+	if td.Registerer == nil {
+		td.Registerer = cfg.Registerer
+	}
+	if td.Logger == nil {
+		td.Logger = logger
+	}
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
-	if _, err := keys.New(cfg.KeyPrefix, nil); err != nil {
-		return nil, fmt.Errorf("%w: KeyPrefix: %w", ErrInvalidConfig, err)
+	for _, p := range []struct{ field, prefix string }{
+		{"KeyPrefix", cfg.KeyPrefix},
+		{"RateLimit.Prefix", rl.Prefix},
+		{"Lock.Prefix", lk.Prefix},
+		{"Temp.Prefix", td.Prefix},
+	} {
+		if _, err := keys.New(p.prefix, nil); err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, p.field, err)
+		}
 	}
-	if _, err := keys.New(rl.Prefix, nil); err != nil {
-		return nil, fmt.Errorf("%w: RateLimit.Prefix: %w", ErrInvalidConfig, err)
+	if cfg.EncryptionKey != "" {
+		if td.Keyring != nil {
+			return nil, fmt.Errorf("%w: both EncryptionKey and Temp.Keyring are set; set one", ErrInvalidConfig)
+		}
+		kr, err := tempdata.ParseKeyring(cfg.EncryptionKey)
+		if err != nil {
+			// ParseKeyring's errors name the entry and the key id, never
+			// the key.
+			return nil, fmt.Errorf("%w: EncryptionKey: %w", ErrInvalidConfig, err)
+		}
+		td.Keyring = kr
 	}
+	keyIDs := td.Keyring.KeyIDs()
 
 	if cfg.RedisURL == "" {
-		return &Eleva{RateLimit: ratelimit.NewMemory(rl)}, nil
+		return &Eleva{
+			RateLimit: ratelimit.NewMemory(rl),
+			Locks:     lock.NewMemory(lk),
+			Temp:      tempdata.NewMemory(td),
+			keyIDs:    keyIDs,
+		}, nil
 	}
 
 	opt, tgt, err := clientOption(cfg, logger)
@@ -156,9 +228,12 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	}
 	return &Eleva{
 		RateLimit: ratelimit.NewRedis(client, rl),
+		Locks:     lock.NewRedis(client, lk),
+		Temp:      tempdata.NewRedis(client, td),
 		client:    client,
 		target:    tgt,
 		cacheOff:  opt.DisableCache,
+		keyIDs:    keyIDs,
 	}, nil
 }
 
@@ -278,6 +353,11 @@ func (e *Eleva) Backend() string {
 	return BackendRedis
 }
 
+// EncryptionKeyIDs returns the ids of the keys of encryption at rest, the
+// one sealing new values first; nil when encryption is off. The ids are
+// names, not key material: safe to log.
+func (e *Eleva) EncryptionKeyIDs() []string { return slices.Clone(e.keyIDs) }
+
 // Redis returns the Redis client, or nil on the memory backend. It belongs to
 // e: Close closes it.
 func (e *Eleva) Redis() rueidis.Client { return e.client }
@@ -354,9 +434,10 @@ func (e *Eleva) nodes() []string {
 	return addrs
 }
 
-// Close releases the Redis client that every capability uses (the
-// capabilities themselves own no goroutines). It is safe to call more than
-// once; calls made on e afterwards fail.
+// Close releases the Redis client that every capability uses. The
+// capabilities own no long-lived goroutines of their own (the locker's
+// release subscriptions live only while an Acquire waits). It is safe to call
+// more than once; calls made on e afterwards fail.
 func (e *Eleva) Close() {
 	e.closeOnce.Do(func() {
 		if e.client != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -13,11 +14,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 func TestMain(m *testing.M) { os.Exit(redistest.Run(m)) }
@@ -438,5 +442,193 @@ func TestRedactURL(t *testing.T) {
 		if got := elevaredis.RedactURL(tc.in); got != tc.want {
 			t.Errorf("RedactURL(%q) = %q, want %q", tc.in, got, tc.want)
 		}
+	}
+}
+
+// Locks and Temp run on the backend Open picks, with the prefix, registry
+// and logger of the top-level Config: two instances opened on one Redis URL
+// (standalone or Cluster) share locks, values and tokens; two memory
+// instances do not.
+func TestOpenLocksAndTemp(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		url  func(testing.TB) string // nil: memory
+	}{
+		{"memory", nil},
+		{"standalone", redistest.URL},
+		{"cluster", redistest.ClusterURL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			cfg := elevaredis.Config{KeyPrefix: redistest.Prefix(t), Registerer: reg}
+			if tc.url != nil {
+				cfg.RedisURL = tc.url(t)
+			}
+			shared := tc.url != nil
+			e1 := open(t, cfg)
+			cfg.Registerer = nil
+			e2 := open(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+
+			lease, err := e1.Locks.Acquire(ctx, "payment:appt-1", time.Minute)
+			if err != nil {
+				t.Fatalf("Acquire on e1: %v", err)
+			}
+			l2, err := e2.Locks.Acquire(ctx, "payment:appt-1", time.Minute)
+			if shared && !errors.Is(err, lock.ErrHeld) {
+				t.Errorf("Acquire on e2 = %v, %v; want ErrHeld (one Redis, one lock)", l2, err)
+			}
+			if !shared && err != nil {
+				t.Errorf("Acquire on a second memory instance: %v; want its own lock", err)
+			}
+			if err := lease.Release(ctx); err != nil {
+				t.Errorf("Release: %v", err)
+			}
+
+			tok, _, err := e1.Temp.Issue(ctx, "verify-email", []byte(`{"userId":"42"}`), time.Minute)
+			if err != nil {
+				t.Fatalf("Issue: %v", err)
+			}
+			data, err := e2.Temp.Consume(ctx, "verify-email", tok)
+			if shared && (err != nil || string(data) != `{"userId":"42"}`) {
+				t.Errorf("Consume on e2 = %q, %v; want the data", data, err)
+			}
+			if !shared && !errors.Is(err, tempdata.ErrNotFound) {
+				t.Errorf("Consume on a second memory instance = %q, %v; want ErrNotFound", data, err)
+			}
+			if _, err := e1.Temp.Put(ctx, "setup", "user-42", []byte(`{"step":2}`), time.Minute); err != nil {
+				t.Fatalf("Put: %v", err)
+			}
+			_, err = e2.Temp.Get(ctx, "setup", "user-42")
+			if shared != (err == nil) {
+				t.Errorf("Get on e2: %v (shared backend: %v)", err, shared)
+			}
+
+			// The capabilities' keys are under KeyPrefix (a single node
+			// answers KEYS for every key only on standalone).
+			if tc.name == "standalone" {
+				c := redistest.Client(t, cfg.RedisURL)
+				for _, pattern := range []string{"lock:*", "tmp:*"} {
+					n, err := c.Do(ctx, c.B().Keys().Pattern(cfg.KeyPrefix+pattern).Build()).AsStrSlice()
+					if err != nil || len(n) == 0 {
+						t.Errorf("no key %s%s (%v): the prefix was not passed on", cfg.KeyPrefix, pattern, err)
+					}
+				}
+			}
+			// The capabilities' metrics are on the top-level registry.
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]bool{}
+			for _, mf := range mfs {
+				got[mf.GetName()] = true
+			}
+			for _, want := range []string{"eleva_lock_acquire_total", "eleva_tempdata_ops_total"} {
+				if !got[want] {
+					t.Errorf("registry lacks %s", want)
+				}
+			}
+		})
+	}
+}
+
+// Two encryption keys (kid:base64 of 32 bytes).
+const (
+	encKey1 = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+	encKey2 = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
+)
+
+// EncryptionKey seals what Temp stores, keeps values written under an older
+// key readable after a rotation, and is reported by id only.
+func TestOpenEncryptionKey(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url, prefix := redistest.URL(t), redistest.Prefix(t)
+	old := open(t, elevaredis.Config{RedisURL: url, KeyPrefix: prefix, EncryptionKey: encKey1})
+	rotated := open(t, elevaredis.Config{RedisURL: url, KeyPrefix: prefix, EncryptionKey: encKey2 + "," + encKey1})
+	dropped := open(t, elevaredis.Config{RedisURL: url, KeyPrefix: prefix, EncryptionKey: encKey2})
+	plain := open(t, elevaredis.Config{RedisURL: url, KeyPrefix: prefix})
+
+	if got := fmt.Sprint(rotated.EncryptionKeyIDs()); got != "[k2 k1]" {
+		t.Errorf("EncryptionKeyIDs = %s, want [k2 k1]", got)
+	}
+	if ids := plain.EncryptionKeyIDs(); ids != nil {
+		t.Errorf("EncryptionKeyIDs without a key = %v, want nil", ids)
+	}
+
+	const secret = "diagnosis: example"
+	if _, err := old.Temp.Put(ctx, "intake", "jane", []byte(secret), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	c := redistest.Client(t, url)
+	keys, err := c.Do(ctx, c.B().Keys().Pattern(prefix+"tmp:*").Build()).AsStrSlice()
+	if err != nil || len(keys) != 1 {
+		t.Fatalf("KEYS = %v, %v; want the one value", keys, err)
+	}
+	raw, err := c.Do(ctx, c.B().Get().Key(keys[0]).Build()).ToString()
+	if err != nil || strings.Contains(raw, secret) || !strings.HasPrefix(raw, "\xe1\x02k1") {
+		t.Fatalf("stored %q, %v; want it sealed under k1", raw, err)
+	}
+	if it, err := rotated.Temp.Get(ctx, "intake", "jane"); err != nil || string(it.Value) != secret {
+		t.Errorf("after rotation: %q, %v; want the value", it.Value, err)
+	}
+	if _, err := dropped.Temp.Get(ctx, "intake", "jane"); !errors.Is(err, tempdata.ErrUnreadable) {
+		t.Errorf("without k1: %v, want ErrUnreadable", err)
+	}
+
+	// Memory seals too.
+	mem := open(t, elevaredis.Config{EncryptionKey: encKey1})
+	if _, err := mem.Temp.Put(ctx, "ns", "k", []byte("v"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if it, err := mem.Temp.Get(ctx, "ns", "k"); err != nil || string(it.Value) != "v" {
+		t.Errorf("memory round trip: %q, %v", it.Value, err)
+	}
+}
+
+// A bad EncryptionKey fails Open with ErrInvalidConfig before any connection,
+// and the error never contains key material.
+func TestOpenInvalidEncryptionKey(t *testing.T) {
+	t.Parallel()
+	const material = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"
+	kr, err := tempdata.ParseKeyring(encKey1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		cfg  elevaredis.Config
+	}{
+		{"no key id", elevaredis.Config{EncryptionKey: material + "="}},
+		{"short key", elevaredis.Config{EncryptionKey: "k1:c2hvcnQta2V5LW1hdGVyaWFs"}},
+		{"not base64", elevaredis.Config{EncryptionKey: "k1:" + material + "*"}},
+		{"duplicate id", elevaredis.Config{EncryptionKey: encKey1 + ",k1:" + encKey2[3:]}},
+		{"blank", elevaredis.Config{EncryptionKey: " "}},
+		{"on redis", elevaredis.Config{RedisURL: "redis://127.0.0.1:1", EncryptionKey: "k1:" + material[:20]}},
+		{"both set", elevaredis.Config{EncryptionKey: encKey1, Temp: tempdata.Config{Keyring: kr}}},
+		{"bad lock prefix", elevaredis.Config{Lock: lock.Config{Prefix: "{x}"}}},
+		{"bad temp prefix", elevaredis.Config{Temp: tempdata.Config{Prefix: "a*"}}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			e, err := elevaredis.Open(context.Background(), tc.cfg)
+			if err == nil {
+				e.Close()
+				t.Fatal("Open succeeded")
+			}
+			if !errors.Is(err, elevaredis.ErrInvalidConfig) {
+				t.Errorf("error %q, want ErrInvalidConfig", err)
+			}
+			for _, m := range []string{material, material[:20], encKey2[3:13], "c2hvcnQta2V5"} {
+				if strings.Contains(err.Error(), m) {
+					t.Errorf("error %q contains key material", err)
+				}
+			}
+		})
 	}
 }

@@ -21,7 +21,9 @@ import (
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/server"
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 // version is the release version, set at build time with
@@ -35,10 +37,14 @@ const (
 	exitUsage   = 2 // bad command line, environment or configuration
 )
 
+// capabilities are the API's capability groups, for the start-up log.
+const capabilities = "ratelimit,locks,temp,tokens,idempotency"
+
 // openTimeout bounds connecting to Redis at start-up.
 const openTimeout = 15 * time.Second
 
-const usageText = `eleva-redis: the Eleva Care shared state layer (rate limiting) over HTTP.
+const usageText = `eleva-redis: the Eleva Care shared state layer over HTTP: rate limiting,
+distributed locks, temporary data, one-time tokens and idempotency records.
 
 Usage:
   eleva-redis [serve] [flags]   serve the HTTP API (the default command)
@@ -47,7 +53,8 @@ Usage:
 
 Every flag has an ELEVA_* environment variable; a flag given on the command
 line wins over the environment. Prefer the environment for secrets
-(ELEVA_API_KEYS, ELEVA_REDIS_URL with a password, ELEVA_KEY_HASH_SECRET):
+(ELEVA_API_KEYS, ELEVA_REDIS_URL with a password, ELEVA_KEY_HASH_SECRET,
+ELEVA_ENCRYPTION_KEY):
 command lines are visible to other local users.
 
 Serve flags:
@@ -134,6 +141,9 @@ type config struct {
 	rlTimeout       time.Duration
 	rlOnError       string
 	localInstances  int
+	lockTimeout     time.Duration
+	tempTimeout     time.Duration
+	encryptionKey   string
 	shutdownTimeout time.Duration
 }
 
@@ -151,11 +161,14 @@ var envNames = map[string]string{
 	"ratelimit-timeout":  "ELEVA_RATELIMIT_TIMEOUT",
 	"ratelimit-on-error": "ELEVA_RATELIMIT_ON_ERROR",
 	"local-instances":    "ELEVA_RATELIMIT_LOCAL_INSTANCES",
+	"lock-timeout":       "ELEVA_LOCK_TIMEOUT",
+	"temp-timeout":       "ELEVA_TEMP_TIMEOUT",
+	"encryption-key":     "ELEVA_ENCRYPTION_KEY",
 	"shutdown-timeout":   "ELEVA_SHUTDOWN_TIMEOUT",
 }
 
 // secretFlags are never echoed in error messages.
-var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true}
+var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true, "encryption-key": true}
 
 func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -173,6 +186,10 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.DurationVar(&c.rlTimeout, "ratelimit-timeout", 50*time.Millisecond, "bound of each rate-limit backend call; on timeout the failure policy decides")
 	fs.StringVar(&c.rlOnError, "ratelimit-on-error", "local", "default failure `policy` when the backend is slow or down: closed, open or local")
 	fs.IntVar(&c.localInstances, "local-instances", 1, "number of service `instances`; the local failure policy divides limits by it")
+	fs.DurationVar(&c.lockTimeout, "lock-timeout", 500*time.Millisecond, "bound of each lock backend call; past it the call fails with 503 (locks fail closed)")
+	fs.DurationVar(&c.tempTimeout, "temp-timeout", tempdata.DefaultTimeout, "bound of each temp, token and idempotency backend call; past it the call fails with 503 (fail closed)")
+	fs.StringVar(&c.encryptionKey, "encryption-key", "", "`keys` for encryption at rest (AES-256-GCM) of temporary values, token data and idempotency\n"+
+		"responses: kid:base64(32 bytes)[,kid:base64...], the first seals, all open (rotation); none: stored unencrypted")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	for name := range envNames {
 		if fs.Lookup(name) == nil {
@@ -241,6 +258,20 @@ func (c config) validate() error {
 	}
 	if c.localInstances <= 0 {
 		return fmt.Errorf("--local-instances must be positive, got %d", c.localInstances)
+	}
+	if c.lockTimeout <= 0 {
+		return fmt.Errorf("--lock-timeout must be positive, got %s", c.lockTimeout)
+	}
+	if c.tempTimeout <= 0 {
+		return fmt.Errorf("--temp-timeout must be positive, got %s", c.tempTimeout)
+	}
+	if c.encryptionKey != "" {
+		// Checked here so that a bad key is a configuration error (exit 2)
+		// found before connecting. The error names the entry and key id,
+		// never the key.
+		if _, err := tempdata.ParseKeyring(c.encryptionKey); err != nil {
+			return fmt.Errorf("--encryption-key: %v", err)
+		}
 	}
 	if c.shutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout must be positive, got %s", c.shutdownTimeout)
@@ -339,6 +370,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 			OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 			LocalInstances: cfg.localInstances,
 		},
+		Lock:          lock.Config{Timeout: cfg.lockTimeout},
+		Temp:          tempdata.Config{Timeout: cfg.tempTimeout},
+		EncryptionKey: cfg.encryptionKey,
 	})
 	cancel()
 	if err != nil {
@@ -359,6 +393,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Warn("ELEVA_KEY_HASH_SECRET not set: identifiers appear escaped in key names")
 	}
 	log.Info("rate limiter", "timeout", cfg.rlTimeout.String(), "on_backend_error", cfg.rlOnError, "local_instances", cfg.localInstances)
+	log.Info("locks, temporary data, tokens, idempotency", "lock_timeout", cfg.lockTimeout.String(), "temp_timeout", cfg.tempTimeout.String(),
+		"on_backend_error", "closed (503)")
+	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
+		log.Info("encryption at rest on: temporary values, token data and idempotency responses are sealed with AES-256-GCM",
+			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
+	} else {
+		log.Warn("ELEVA_ENCRYPTION_KEY not set: encryption at rest is off; temporary values, token data and idempotency responses are stored unencrypted")
+	}
 	if len(keys) > 0 {
 		log.Info("auth enabled", "api_keys", len(keys))
 	} else {
@@ -373,6 +415,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 
 	apiHandler := server.New(server.Deps{
 		Limiter:        eleva.RateLimit,
+		Locks:          eleva.Locks,
+		Temp:           eleva.Temp,
 		Policies:       policies,
 		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 		APIKeys:        keys,
@@ -407,7 +451,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String())
+	log.Info("listening", "addr", ln.Addr().String(), "capabilities", capabilities)
 
 	select {
 	case err := <-errc:

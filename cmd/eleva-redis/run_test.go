@@ -188,6 +188,24 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 	if r := call(t, c, "GET", in.base+"/metrics", ""); r.status != 200 {
 		t.Fatalf("metrics: %d", r.status)
 	}
+	// The other capabilities are served too.
+	r = call(t, c, "POST", in.base+"/v1/tokens", `{"purpose":"verify-email","data":{"userId":"42"},"ttlMs":60000}`)
+	if r.status != 201 {
+		t.Fatalf("issue: %d %v", r.status, r.body)
+	}
+	consume := in.base + "/v1/tokens/" + r.body["token"].(string) + "/consume"
+	if r := call(t, c, "POST", consume, `{"purpose":"verify-email"}`); r.status != 200 || fmt.Sprint(r.body["data"]) != "map[userId:42]" {
+		t.Fatalf("consume: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", consume, `{"purpose":"verify-email"}`); r.status != 404 {
+		t.Fatalf("second consume: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", in.base+"/v1/locks/payment%3Aappt_1/acquire", `{"ttlMs":30000}`); r.status != 200 || r.body["token"] == "" {
+		t.Fatalf("acquire: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", in.base+"/v1/locks/payment%3Aappt_1/acquire", `{"ttlMs":30000}`); r.status != 409 {
+		t.Fatalf("second acquire: %d %v", r.status, r.body)
+	}
 
 	logs := in.logs.String()
 	for _, want := range []string{
@@ -196,7 +214,11 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		"ELEVA_REDIS_URL not set: using the in-process memory backend; state is not shared and not durable",
 		"no API keys configured",
 		"no policies file",
+		"lock_timeout=500ms temp_timeout=500ms",
+		"ELEVA_ENCRYPTION_KEY not set: encryption at rest is off",
+		"capabilities=ratelimit,locks,temp,tokens,idempotency",
 		`msg=request method=POST route=/v1/ratelimit/allow status=200`,
+		`msg=request method=POST route=/v1/tokens/{token}/consume status=404`,
 	} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
@@ -230,12 +252,14 @@ login:
 `), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	prefix := redistest.Prefix(t)
 	in := start(t, map[string]string{
 		"ELEVA_REDIS_URL":       redistest.URL(t),
 		"ELEVA_API_KEYS":        key1 + ", " + key2,
-		"ELEVA_KEY_PREFIX":      redistest.Prefix(t),
+		"ELEVA_KEY_PREFIX":      prefix,
 		"ELEVA_POLICIES_FILE":   policies,
 		"ELEVA_KEY_HASH_SECRET": "hash-secret-xyz",
+		"ELEVA_ENCRYPTION_KEY":  encKey2 + "," + encKey1,
 		"ELEVA_LISTEN":          "127.0.0.1:1", // the flag wins
 	}, "--listen", "127.0.0.1:0", "--log-format", "text")
 	c := http.DefaultClient
@@ -262,13 +286,37 @@ login:
 		t.Fatalf("policies: %d %v", r.status, r.body)
 	}
 
+	// Encryption at rest: what the API stores is sealed in Redis, and reads
+	// back in the clear through the API.
+	const plain = "patient-jane-diagnosis"
+	put := in.base + "/v1/temp/intake/jane%40example.com"
+	if r := call(t, c, "PUT", put, `{"value":{"note":"`+plain+`"},"ttlMs":60000}`, "Authorization", "Bearer "+key1); r.status != 200 {
+		t.Fatalf("put: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", in.base+"/v1/tokens", `{"purpose":"p","data":"`+plain+`","ttlMs":60000}`, "Authorization", "Bearer "+key1); r.status != 201 {
+		t.Fatalf("issue: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "GET", put, "", "Authorization", "Bearer "+key2); r.status != 200 || fmt.Sprint(r.body["value"]) != "map[note:"+plain+"]" {
+		t.Fatalf("get: %d %v", r.status, r.body)
+	}
+	sealed := rawStrings(t, redistest.URL(t), prefix)
+	if len(sealed) < 2 {
+		t.Fatalf("found %d string values under the prefix, want the value and the token", len(sealed))
+	}
+	for _, v := range sealed {
+		if strings.Contains(v, plain) || !strings.HasPrefix(v, "\xe1\x02k2") {
+			t.Errorf("stored value %q is not sealed under k2", v)
+		}
+	}
+
 	logs := in.logs.String()
-	for _, want := range []string{"backend=redis", "api_keys=2", "policies loaded", "names=login"} {
+	for _, want := range []string{"backend=redis", "api_keys=2", "policies loaded", "names=login",
+		"encryption at rest on", "current_key_id=k2", "older_key_ids=k1"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
 	}
-	for _, secret := range []string{key1, key2, "hash-secret-xyz", "jane@example.com"} {
+	for _, secret := range []string{key1, key2, "hash-secret-xyz", "jane@example.com", encKey1[3:], encKey2[3:], plain, "jane%40"} {
 		if strings.Contains(logs, secret) {
 			t.Errorf("logs contain %q", secret)
 		}
@@ -276,6 +324,37 @@ login:
 	if code := in.stop(t); code != 0 {
 		t.Fatalf("exit %d", code)
 	}
+}
+
+// Two encryption keys (kid:base64 of 32 bytes) for the tests.
+const (
+	encKey1 = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
+	encKey2 = "k2:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="
+)
+
+// rawStrings returns every string value stored under prefix on the server
+// at url, as Redis holds it.
+func rawStrings(t *testing.T, url, prefix string) []string {
+	t.Helper()
+	c := redistest.Client(t, url)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	keys, err := c.Do(ctx, c.B().Keys().Pattern(prefix+"*").Build()).AsStrSlice()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, k := range keys {
+		if typ, _ := c.Do(ctx, c.B().Type().Key(k).Build()).ToString(); typ != "string" {
+			continue
+		}
+		v, err := c.Do(ctx, c.B().Get().Key(k).Build()).ToString()
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 func TestServeNonLoopbackWithKeys(t *testing.T) {
@@ -322,6 +401,11 @@ func TestCommands(t *testing.T) {
 		{"zero body limit", []string{"--max-body-bytes", "0"}, nil, 2, "", "--max-body-bytes", ""},
 		{"bad failure policy", []string{"--ratelimit-on-error", "maybe"}, nil, 2, "", "--ratelimit-on-error", ""},
 		{"bad timeout", nil, map[string]string{"ELEVA_RATELIMIT_TIMEOUT": "soon"}, 2, "", "ELEVA_RATELIMIT_TIMEOUT", ""},
+		{"zero lock timeout", []string{"--lock-timeout", "0s"}, nil, 2, "", "--lock-timeout must be positive", ""},
+		{"bad temp timeout", nil, map[string]string{"ELEVA_TEMP_TIMEOUT": "-1s"}, 2, "", "--temp-timeout must be positive", ""},
+		{"encryption key without id", nil, map[string]string{"ELEVA_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}, 2, "", "--encryption-key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
+		{"encryption key too short", []string{"--encryption-key", "k1:c2hvcnQta2V5LW1hdGVyaWFs"}, nil, 2, "", "decodes to 18 bytes, want 32", "c2hvcnQta2V5LW1hdGVyaWFs"},
+		{"encryption key not base64", nil, map[string]string{"ELEVA_ENCRYPTION_KEY": "k1:not*base64*secret"}, 2, "", "not valid base64", "not*base64*secret"},
 		{"missing policies file", []string{"--listen", "127.0.0.1:0", "--policies", "/nonexistent/p.json"}, nil, 2, "", "cannot load the policies file", ""},
 		{"unreachable redis", []string{"--listen", "127.0.0.1:0"}, map[string]string{"ELEVA_REDIS_URL": "redis://:sekret-pw@127.0.0.1:1"}, 1, "", "cannot open the backend", "sekret-pw"},
 	}
@@ -357,6 +441,9 @@ func TestFlagWinsOverEnv(t *testing.T) {
 		"ELEVA_MAX_BODY_BYTES":            "2048",
 		"ELEVA_RATELIMIT_TIMEOUT":         "75ms",
 		"ELEVA_RATELIMIT_LOCAL_INSTANCES": "3",
+		"ELEVA_LOCK_TIMEOUT":              "2s",
+		"ELEVA_TEMP_TIMEOUT":              "3s",
+		"ELEVA_ENCRYPTION_KEY":            encKey1,
 	})
 	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--max-body-bytes", "4096"}, e, io.Discard)
 	if err != nil {
@@ -365,14 +452,16 @@ func TestFlagWinsOverEnv(t *testing.T) {
 	if c.listen != "127.0.0.1:2222" || c.maxBodyBytes != 4096 {
 		t.Errorf("flags did not win: listen=%q max=%d", c.listen, c.maxBodyBytes)
 	}
-	if fmt.Sprint(c.keys()) != "[a-key b-key]" || c.rlTimeout != 75*time.Millisecond || c.localInstances != 3 {
-		t.Errorf("env not applied: keys=%q timeout=%v instances=%d", c.keys(), c.rlTimeout, c.localInstances)
+	if fmt.Sprint(c.keys()) != "[a-key b-key]" || c.rlTimeout != 75*time.Millisecond || c.localInstances != 3 ||
+		c.lockTimeout != 2*time.Second || c.tempTimeout != 3*time.Second || c.encryptionKey != encKey1 {
+		t.Errorf("env not applied: keys=%q timeout=%v instances=%d lock=%v temp=%v", c.keys(), c.rlTimeout, c.localInstances, c.lockTimeout, c.tempTimeout)
 	}
 	d, err := parseConfig(nil, env(nil), io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.listen != "127.0.0.1:8080" || d.maxBodyBytes != 1<<20 || d.rlOnError != "local" || d.logFormat != "text" {
+	if d.listen != "127.0.0.1:8080" || d.maxBodyBytes != 1<<20 || d.rlOnError != "local" || d.logFormat != "text" ||
+		d.lockTimeout != 500*time.Millisecond || d.tempTimeout != 500*time.Millisecond || d.encryptionKey != "" {
 		t.Errorf("defaults: %+v", d)
 	}
 }
@@ -575,6 +664,10 @@ func TestAcceptance3TwoProcesses(t *testing.T) {
 					t.Logf("%d allowed (%d through process 1, %d through process 2), %d denied", allowed, perProc0, allowed-perProc0, denied)
 				})
 			}
+			// Connections the transport dialed but never used are "new" to
+			// the server, which waits 5s before treating them as idle on
+			// shutdown: close them first.
+			client.CloseIdleConnections()
 			for _, p := range procs {
 				p.terminate(t)
 			}
@@ -590,5 +683,246 @@ func waitClearOfBoundary(t *testing.T, window, margin time.Duration) {
 	if left := next.Sub(now); left < margin {
 		t.Logf("waiting %v for the window boundary to pass", left+time.Second)
 		time.Sleep(left + time.Second)
+	}
+}
+
+// concurrentPosts sends n POSTs of body at once, request i to
+// bases[i%len(bases)]+path, and counts the answers by status. Transport
+// errors fail the test.
+func concurrentPosts(t *testing.T, client *http.Client, bases []string, path, body, apiKey string, n int) map[int]int {
+	t.Helper()
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		counts   = map[int]int{}
+		failures []string
+	)
+	gate := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("POST", bases[i%len(bases)]+path, strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Authorization", "Bearer "+apiKey)
+			<-gate
+			res, err := client.Do(req)
+			if err == nil {
+				_, err = io.Copy(io.Discard, res.Body)
+				res.Body.Close()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failures = append(failures, err.Error())
+				return
+			}
+			counts[res.StatusCode]++
+		})
+	}
+	close(gate)
+	wg.Wait()
+	if len(failures) > 0 {
+		t.Fatalf("%d requests failed, first: %s", len(failures), failures[0])
+	}
+	return counts
+}
+
+// TestAcceptance4TwoProcesses is Acceptance 4 (and the exactly-once take)
+// for the service: two real eleva-redis processes share one Redis
+// (standalone, then the 3-node Cluster). One token is issued, then 1000
+// concurrent consumes, split over both processes, get exactly one 200 and
+// 999 × 404; the same for 1000 concurrent takes of one temporary value.
+// Then a lock is handed between the processes: the second acquirer gets
+// lock_held, a release through the other process frees it, a waiter on one
+// process gets it when the holder on the other releases, and the fence
+// increases at each acquire.
+func TestAcceptance4TwoProcesses(t *testing.T) {
+	const (
+		apiKey   = "acceptance-key-0123456789"
+		requests = 1000
+	)
+	for _, backend := range []struct{ name, url string }{
+		{"standalone", redistest.URL(t)},
+		{"cluster", redistest.ClusterURL(t)},
+	} {
+		t.Run(backend.name, func(t *testing.T) {
+			envm := map[string]string{
+				"ELEVA_REDIS_URL":  backend.url,
+				"ELEVA_API_KEYS":   apiKey,
+				"ELEVA_KEY_PREFIX": redistest.Prefix(t),
+				// Every answer must come from Redis: a 503 under this load
+				// would be neither the one 200 nor a 404.
+				"ELEVA_TEMP_TIMEOUT": "10s",
+				"ELEVA_LOCK_TIMEOUT": "10s",
+			}
+			procs := []*process{startProcess(t, envm), startProcess(t, envm)}
+			bases := []string{procs[0].base, procs[1].base}
+			client := &http.Client{
+				Timeout:   60 * time.Second,
+				Transport: &http.Transport{MaxIdleConnsPerHost: requests, IdleConnTimeout: 30 * time.Second},
+			}
+			defer client.CloseIdleConnections()
+			auth := []string{"Authorization", "Bearer " + apiKey}
+
+			t.Run("token consumed exactly once", func(t *testing.T) {
+				r := call(t, client, "POST", procs[0].base+"/v1/tokens", `{"purpose":"oauth-state","data":{"next":"/book"},"ttlMs":60000}`, auth...)
+				if r.status != 201 {
+					t.Fatalf("issue: %d %v", r.status, r.body)
+				}
+				counts := concurrentPosts(t, client, bases, "/v1/tokens/"+r.body["token"].(string)+"/consume", `{"purpose":"oauth-state"}`, apiKey, requests)
+				if counts[200] != 1 || counts[404] != requests-1 {
+					t.Fatalf("consume answers %v; want exactly one 200 and %d × 404", counts, requests-1)
+				}
+				t.Logf("consume: %v", counts)
+			})
+
+			t.Run("temp value taken exactly once", func(t *testing.T) {
+				put := procs[1].base + "/v1/temp/setup/" + "user%3A42"
+				if r := call(t, client, "PUT", put, `{"value":{"step":3},"ttlMs":60000}`, auth...); r.status != 200 {
+					t.Fatalf("put: %d %v", r.status, r.body)
+				}
+				counts := concurrentPosts(t, client, bases, "/v1/temp/setup/user%3A42/take", "", apiKey, requests)
+				if counts[200] != 1 || counts[404] != requests-1 {
+					t.Fatalf("take answers %v; want exactly one 200 and %d × 404", counts, requests-1)
+				}
+				t.Logf("take: %v", counts)
+			})
+
+			t.Run("lock handed between processes", func(t *testing.T) {
+				lockURL := func(p int, op string) string { return procs[p].base + "/v1/locks/payment%3Aappt_123" + op }
+				r := call(t, client, "POST", lockURL(0, "/acquire"), `{"ttlMs":30000}`, auth...)
+				if r.status != 200 {
+					t.Fatalf("acquire on process 1: %d %v", r.status, r.body)
+				}
+				tok1, fence1 := r.body["token"].(string), r.body["fence"].(float64)
+				if r := call(t, client, "POST", lockURL(1, "/acquire"), `{"ttlMs":30000}`, auth...); r.status != 409 || errCode(r) != "lock_held" {
+					t.Fatalf("second acquirer on process 2: %d %v", r.status, r.body)
+				}
+				if r := call(t, client, "GET", lockURL(1, ""), "", auth...); r.status != 200 || r.body["held"] != true || r.body["fence"] != fence1 || r.body["token"] != nil {
+					t.Fatalf("inspect on process 2: %d %v", r.status, r.body)
+				}
+				// The token works through either process.
+				if r := call(t, client, "POST", lockURL(1, "/release"), `{"token":"`+tok1+`"}`, auth...); r.status != 200 || r.body["released"] != true {
+					t.Fatalf("release on process 2: %d %v", r.status, r.body)
+				}
+				r = call(t, client, "POST", lockURL(1, "/acquire"), `{"ttlMs":30000}`, auth...)
+				if r.status != 200 || r.body["fence"].(float64) <= fence1 {
+					t.Fatalf("acquire after release: %d %v (first fence %v)", r.status, r.body, fence1)
+				}
+				tok2, fence2 := r.body["token"].(string), r.body["fence"].(float64)
+				// A waiter on process 1 gets the lock when process 2's holder
+				// releases (whichever comes first, it must end up holding it).
+				var wg sync.WaitGroup
+				var waiter reply
+				wg.Go(func() {
+					waiter = call(t, client, "POST", lockURL(0, "/acquire"), `{"ttlMs":30000,"waitMs":20000}`, auth...)
+				})
+				if r := call(t, client, "POST", lockURL(1, "/release"), `{"token":"`+tok2+`"}`, auth...); r.status != 200 {
+					t.Fatalf("release: %d %v", r.status, r.body)
+				}
+				wg.Wait()
+				if waiter.status != 200 || waiter.body["fence"].(float64) <= fence2 {
+					t.Fatalf("waiter: %d %v (previous fence %v)", waiter.status, waiter.body, fence2)
+				}
+				// The old token cannot touch the new holder's lock.
+				if r := call(t, client, "POST", lockURL(0, "/release"), `{"token":"`+tok2+`"}`, auth...); r.status != 409 || errCode(r) != "lock_lost" {
+					t.Fatalf("stale release: %d %v", r.status, r.body)
+				}
+			})
+
+			client.CloseIdleConnections() // see TestAcceptance3TwoProcesses
+			for _, p := range procs {
+				p.terminate(t)
+				if strings.Contains(p.logs.String(), "appt_123") {
+					t.Errorf("logs contain a lock name:\n%s", p.logs)
+				}
+			}
+		})
+	}
+}
+
+func errCode(r reply) string {
+	e, _ := r.body["error"].(map[string]any)
+	code, _ := e["code"].(string)
+	return code
+}
+
+// TestAcceptance6FailClosed is Acceptance 6 for the service: with its
+// redis-server killed, a running eleva-redis answers acquire, take and
+// consume (and the other lock and temp calls) with 503 unavailable, never
+// 200, each within a bound; once redis-server is back the same process
+// serves them again.
+func TestAcceptance6FailClosed(t *testing.T) {
+	const apiKey = "acceptance-key-0123456789"
+	srv := redistest.NewServer(t)
+	p := startProcess(t, map[string]string{
+		"ELEVA_REDIS_URL":      srv.URL(),
+		"ELEVA_API_KEYS":       apiKey,
+		"ELEVA_LOCK_TIMEOUT":   "300ms",
+		"ELEVA_TEMP_TIMEOUT":   "300ms",
+		"ELEVA_ENCRYPTION_KEY": encKey1,
+	})
+	c := &http.Client{Timeout: 30 * time.Second}
+	auth := []string{"Authorization", "Bearer " + apiKey}
+
+	// State before the outage, which a wrong answer could come from.
+	if r := call(t, c, "PUT", p.base+"/v1/temp/ns/k", `{"value":1,"ttlMs":60000}`, auth...); r.status != 200 {
+		t.Fatalf("put: %d %v", r.status, r.body)
+	}
+	r := call(t, c, "POST", p.base+"/v1/tokens", `{"purpose":"p","data":1,"ttlMs":60000}`, auth...)
+	if r.status != 201 {
+		t.Fatalf("issue: %d %v", r.status, r.body)
+	}
+	tok := r.body["token"].(string)
+
+	srv.Stop(t)
+	for _, call1 := range []struct{ method, path, body string }{
+		{"POST", "/v1/locks/l/acquire", `{"ttlMs":30000}`},
+		{"POST", "/v1/locks/l/acquire", `{"ttlMs":30000,"waitMs":1000}`},
+		{"POST", "/v1/temp/ns/k/take", ``},
+		{"POST", "/v1/tokens/" + tok + "/consume", `{"purpose":"p"}`},
+		{"GET", "/v1/temp/ns/k", ``},
+		{"POST", "/v1/tokens", `{"purpose":"p","data":1,"ttlMs":60000}`},
+		{"POST", "/v1/idempotency/i/begin", `{"ttlMs":60000}`},
+	} {
+		start := time.Now()
+		r := call(t, c, call1.method, p.base+call1.path, call1.body, auth...)
+		took := time.Since(start)
+		if r.status != 503 || errCode(r) != "unavailable" {
+			t.Errorf("%s %s with Redis down: %d %v; want 503 unavailable", call1.method, call1.path, r.status, r.body)
+		}
+		// Generous bound: the calls give up after their 300ms timeout (a
+		// waiting acquire retries for one more), never after rueidis' own.
+		if took > 5*time.Second {
+			t.Errorf("%s %s took %v with Redis down", call1.method, call1.path, took)
+		}
+		t.Logf("%s %s: %d in %v", call1.method, strings.ReplaceAll(call1.path, tok, "{token}"), r.status, took.Round(time.Millisecond))
+	}
+	if r := call(t, c, "GET", p.base+"/readyz", ""); r.status != 503 {
+		t.Errorf("readyz with Redis down: %d", r.status)
+	}
+
+	srv.Start(t) // empty: the test servers do not persist
+	if r := call(t, c, "GET", p.base+"/readyz", ""); r.status != 200 {
+		t.Fatalf("readyz after restart: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", p.base+"/v1/locks/l/acquire", `{"ttlMs":30000}`, auth...); r.status != 200 {
+		t.Fatalf("acquire after restart: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "PUT", p.base+"/v1/temp/ns/k", `{"value":2,"ttlMs":60000}`, auth...); r.status != 200 {
+		t.Fatalf("put after restart: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", p.base+"/v1/temp/ns/k/take", ``, auth...); r.status != 200 || r.body["value"] != float64(2) {
+		t.Fatalf("take after restart: %d %v", r.status, r.body)
+	}
+	r = call(t, c, "POST", p.base+"/v1/tokens", `{"purpose":"p","data":3,"ttlMs":60000}`, auth...)
+	if r.status != 201 {
+		t.Fatalf("issue after restart: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", p.base+"/v1/tokens/"+r.body["token"].(string)+"/consume", `{"purpose":"p"}`, auth...); r.status != 200 || r.body["data"] != float64(3) {
+		t.Fatalf("consume after restart: %d %v", r.status, r.body)
+	}
+	p.terminate(t)
+	if strings.Contains(p.logs.String(), encKey1[3:]) {
+		t.Error("logs contain the encryption key")
 	}
 }

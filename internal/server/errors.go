@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,7 +13,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 // Error codes of the API (HTTP-API.md, "Errors").
@@ -21,6 +24,11 @@ const (
 	codeUnauthorized     = "unauthorized"
 	codeNotFound         = "not_found"
 	codeMethodNotAllowed = "method_not_allowed"
+	codeAlreadyExists    = "already_exists"
+	codeLockHeld         = "lock_held"
+	codeLockLost         = "lock_lost"
+	codeInProgress       = "in_progress"
+	codeFingerprint      = "fingerprint_mismatch"
 	codePayloadTooLarge  = "payload_too_large"
 	codeUnavailable      = "unavailable"
 	codeInternal         = "internal"
@@ -47,20 +55,50 @@ func badInput(field, format string, args ...any) *apiError {
 
 // errorTable maps the library's sentinel errors to HTTP answers: the one
 // place where a library error becomes a status code. The first entry that
-// matches (errors.Is) wins. Errors found in no entry are 500 internal.
+// matches (errors.Is) wins, so an error wrapping a sentinel and a context
+// error (a Wait that ended with the request) is answered by its sentinel.
+// Errors found in no entry are 500 internal.
+//
+// field names the request field an invalid-input error is about when the
+// sentinel alone says which (lock names, TTLs, tokens); the handlers check
+// their input first and name the field themselves, so these rows are the
+// fallback that keeps any missed case a 400 rather than a 500.
 var errorTable = []struct {
 	err    error
 	status int
 	code   string
+	field  string
 }{
-	{ratelimit.ErrInvalidLimit, http.StatusBadRequest, codeInvalidArgument},
-	{ratelimit.ErrUnknownAlgorithm, http.StatusBadRequest, codeInvalidArgument},
-	{ratelimit.ErrInvalidKey, http.StatusBadRequest, codeInvalidArgument},
-	{ratelimit.ErrMissingSubject, http.StatusBadRequest, codeInvalidArgument},
-	{ratelimit.ErrUnknownPolicy, http.StatusNotFound, codeNotFound},
-	{ratelimit.ErrBackend, http.StatusServiceUnavailable, codeUnavailable},
-	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable},
-	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable},
+	{ratelimit.ErrInvalidLimit, http.StatusBadRequest, codeInvalidArgument, ""},
+	{ratelimit.ErrUnknownAlgorithm, http.StatusBadRequest, codeInvalidArgument, ""},
+	{ratelimit.ErrInvalidKey, http.StatusBadRequest, codeInvalidArgument, ""},
+	{ratelimit.ErrMissingSubject, http.StatusBadRequest, codeInvalidArgument, ""},
+	{ratelimit.ErrUnknownPolicy, http.StatusNotFound, codeNotFound, ""},
+	{ratelimit.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+
+	{lock.ErrInvalidName, http.StatusBadRequest, codeInvalidArgument, "name"},
+	{lock.ErrInvalidTTL, http.StatusBadRequest, codeInvalidArgument, "ttlMs"},
+	{lock.ErrInvalidToken, http.StatusBadRequest, codeInvalidArgument, "token"},
+	{lock.ErrHeld, http.StatusConflict, codeLockHeld, ""},
+	{lock.ErrLost, http.StatusConflict, codeLockLost, ""},
+	// Locks fail closed: nothing is granted, refreshed or released on a
+	// guess, and the caller is told the backend is the problem.
+	{lock.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+
+	{tempdata.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	{tempdata.ErrNotFound, http.StatusNotFound, codeNotFound, ""},
+	{tempdata.ErrExists, http.StatusConflict, codeAlreadyExists, ""},
+	{tempdata.ErrInProgress, http.StatusConflict, codeInProgress, ""},
+	{tempdata.ErrFingerprintMismatch, http.StatusUnprocessableEntity, codeFingerprint, ""},
+	{tempdata.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+	// A stored value that cannot be decrypted (its key was removed from
+	// ELEVA_ENCRYPTION_KEY too early, or the data was tampered with) is the
+	// service's own problem, not the caller's and not a backend outage: 500,
+	// logged at error level. Retrying cannot help, so it is not a 503.
+	{tempdata.ErrUnreadable, http.StatusInternalServerError, codeInternal, ""},
+
+	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable, ""},
+	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable, ""},
 }
 
 // toAPIError maps any error to its answer (see errorTable).
@@ -77,7 +115,7 @@ func toAPIError(err error) *apiError {
 				// failed, not how.
 				msg = e.err.Error()
 			}
-			return &apiError{Status: e.status, Code: e.code, Message: msg}
+			return &apiError{Status: e.status, Code: e.code, Message: msg, Field: e.field}
 		}
 	}
 	return errInternal
@@ -123,13 +161,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // no unknown fields, no trailing data, at most maxBytes. Every failure is an
 // *apiError: 413 for an oversized body, 400 naming the field otherwise.
 func decodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, dst any) *apiError {
-	if ct := r.Header.Get("Content-Type"); ct != "" {
-		// Refusing other types keeps browsers' "simple" cross-site requests
-		// (text/plain, forms) from reaching a loopback instance without keys.
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
-			return badInput("", "Content-Type must be application/json")
-		}
+	if ae := checkContentType(r); ae != nil {
+		return ae
 	}
 	body := http.MaxBytesReader(w, r.Body, maxBytes)
 	dec := json.NewDecoder(body)
@@ -146,6 +179,51 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, maxBytes int64, dst any)
 		return badInput("", "request body must be a single JSON object (unexpected data after it)")
 	}
 	return nil
+}
+
+// checkContentType refuses a request whose Content-Type is set and is not
+// JSON. Refusing other types keeps browsers' "simple" cross-site requests
+// (text/plain, forms) from reaching a loopback instance without keys: a
+// page could otherwise make a visitor's browser take a value or consume a
+// token on a developer's machine.
+func checkContentType(r *http.Request) *apiError {
+	if ct := r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || (mt != "application/json" && !strings.HasSuffix(mt, "+json")) {
+			return badInput("", "Content-Type must be application/json")
+		}
+	}
+	return nil
+}
+
+// decodeEmpty reads the body of a route that takes no input (take, fail):
+// no body, or whitespace only, or an empty JSON object. Anything else is
+// answered as decodeJSON answers it (an unknown field, malformed JSON), so
+// such routes are as strict as the others without forcing clients to send
+// "{}".
+func decodeEmpty(w http.ResponseWriter, r *http.Request, maxBytes int64) *apiError {
+	// Checked even without a body: an empty cross-site form post must not
+	// take a value.
+	if ae := checkContentType(r); ae != nil {
+		return ae
+	}
+	if r.Body == nil {
+		return nil
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return tooLarge(maxBytes)
+		}
+		return badInput("", "cannot read the request body")
+	}
+	if len(bytes.TrimLeft(b, " \t\r\n")) == 0 {
+		return nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	var none struct{}
+	return decodeJSON(w, r, maxBytes, &none)
 }
 
 func tooLarge(maxBytes int64) *apiError {

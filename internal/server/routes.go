@@ -31,6 +31,23 @@ func routeTable() []route {
 		{http.MethodPost, "/v1/ratelimit/policies/{name}/allow", true, hf((*server).handlePolicyAllow)},
 		{http.MethodGet, "/v1/ratelimit/policies", true, hf((*server).handlePolicies)},
 
+		{http.MethodPost, "/v1/locks/{name}/acquire", true, hf((*server).handleLockAcquire)},
+		{http.MethodPost, "/v1/locks/{name}/refresh", true, hf((*server).handleLockRefresh)},
+		{http.MethodPost, "/v1/locks/{name}/release", true, hf((*server).handleLockRelease)},
+		{http.MethodGet, "/v1/locks/{name}", true, hf((*server).handleLockInspect)},
+
+		{http.MethodPut, "/v1/temp/{namespace}/{key}", true, hf((*server).handleTempPut)},
+		{http.MethodGet, "/v1/temp/{namespace}/{key}", true, hf((*server).handleTempGet)},
+		{http.MethodPost, "/v1/temp/{namespace}/{key}/take", true, hf((*server).handleTempTake)},
+		{http.MethodDelete, "/v1/temp/{namespace}/{key}", true, hf((*server).handleTempDelete)},
+
+		{http.MethodPost, "/v1/tokens", true, hf((*server).handleTokenIssue)},
+		{http.MethodPost, "/v1/tokens/{token}/consume", true, hf((*server).handleTokenConsume)},
+
+		{http.MethodPost, "/v1/idempotency/{key}/begin", true, hf((*server).handleIdemBegin)},
+		{http.MethodPost, "/v1/idempotency/{key}/complete", true, hf((*server).handleIdemComplete)},
+		{http.MethodPost, "/v1/idempotency/{key}/fail", true, hf((*server).handleIdemFail)},
+
 		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
 		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
 		// /metrics is unauthenticated like most Prometheus targets: it holds

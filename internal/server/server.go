@@ -22,7 +22,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 // DefaultMaxBodyBytes is the request body limit when Deps.MaxBodyBytes is 0.
@@ -39,11 +41,16 @@ type Backend interface {
 	Ping(ctx context.Context) (time.Duration, error)
 }
 
-// Deps are the server's dependencies. Limiter is required; the zero value of
-// every other field is its documented default.
+// Deps are the server's dependencies. Limiter, Locks and Temp are required
+// (elevaredis.Open builds all three on one backend); the zero value of every
+// other field is its documented default.
 type Deps struct {
 	// Limiter decides the /v1/ratelimit calls. Required.
 	Limiter ratelimit.Limiter
+	// Locks serves /v1/locks. Required.
+	Locks lock.Locker
+	// Temp serves /v1/temp, /v1/tokens and /v1/idempotency. Required.
+	Temp tempdata.Store
 	// Policies are the named policies of /v1/ratelimit/policies; nil means none.
 	Policies ratelimit.Policies
 	// OnBackendError is the limiter's default failure policy, reported by
@@ -73,6 +80,8 @@ type Deps struct {
 // server holds the resolved dependencies shared by the handlers.
 type server struct {
 	limiter        ratelimit.Limiter
+	locks          lock.Locker
+	temp           tempdata.Store
 	policies       ratelimit.Policies
 	onBackendError ratelimit.FailurePolicy
 	auth           authenticator
@@ -89,14 +98,21 @@ type server struct {
 	methods []string
 }
 
-// New returns the HTTP handler of the API. It panics when deps.Limiter is
-// nil (a programming error, found at start-up).
+// New returns the HTTP handler of the API. It panics when a required
+// dependency is nil (a programming error, found at start-up).
 func New(deps Deps) http.Handler {
-	if deps.Limiter == nil {
+	switch {
+	case deps.Limiter == nil:
 		panic("server: Deps.Limiter is required")
+	case deps.Locks == nil:
+		panic("server: Deps.Locks is required")
+	case deps.Temp == nil:
+		panic("server: Deps.Temp is required")
 	}
 	s := &server{
 		limiter:        deps.Limiter,
+		locks:          deps.Locks,
+		temp:           deps.Temp,
 		policies:       deps.Policies,
 		onBackendError: deps.OnBackendError,
 		auth:           newAuthenticator(deps.APIKeys),
@@ -147,10 +163,12 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	sw.Header().Set("X-Request-Id", rid)
 
 	_, pattern := s.mux.Handler(r)
-	if !cleanPath(r.URL.Path) {
+	if !cleanPath(r.URL.EscapedPath()) {
 		// The mux would redirect to the cleaned path ("/v1/x/../y" to
 		// "/v1/y"); the API has no redirects, and a client sending such a
-		// path has a bug worth a clear 404.
+		// path has a bug worth a clear 404. The escaped path is what the mux
+		// cleans: a path parameter holding "/" or ".." sent escaped
+		// ("a%2F..%2Fb") is a name, not a path step.
 		pattern = ""
 	}
 	route := routeLabel(pattern)
@@ -203,7 +221,7 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *server) unmatched(w http.ResponseWriter, r *http.Request) {
 	var allow []string
 	for _, m := range s.methods {
-		if m == r.Method || !cleanPath(r.URL.Path) {
+		if m == r.Method || !cleanPath(r.URL.EscapedPath()) {
 			continue
 		}
 		probe := r.Clone(r.Context())

@@ -21,7 +21,9 @@ import (
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/tempdata"
 )
 
 func TestMain(m *testing.M) { os.Exit(redistest.Run(m)) }
@@ -53,13 +55,26 @@ type testEnv struct {
 	registry *prometheus.Registry
 }
 
-// newEnv builds a server; deps.Limiter defaults to a fresh memory limiter.
+// newEnv builds a server; deps.Limiter, Locks and Temp default to fresh
+// memory backends.
 func newEnv(t *testing.T, deps Deps) *testEnv {
+	t.Helper()
+	return newEnvLogs(t, deps, &syncBuffer{})
+}
+
+// newEnvLogs is newEnv with the log sink: deps.Logger, when set, must write
+// to logs.
+func newEnvLogs(t *testing.T, deps Deps, logs *syncBuffer) *testEnv {
 	t.Helper()
 	if deps.Limiter == nil {
 		deps.Limiter = ratelimit.NewMemory(ratelimit.Config{})
 	}
-	logs := &syncBuffer{}
+	if deps.Locks == nil {
+		deps.Locks = lock.NewMemory(lock.Config{})
+	}
+	if deps.Temp == nil {
+		deps.Temp = tempdata.NewMemory(tempdata.Config{})
+	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
