@@ -1,32 +1,15 @@
 package lock
 
 import (
+	fakeclock "github.com/elevacare/eleva-redis/internal/clock"
+
 	"context"
 	"errors"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
-
-// fakeClock is a settable clock for the memory backend.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
 
 // TestMemoryFenceRule checks fence = max(previous + 1, now in µs) step by
 // step on a fake clock, with the previous fence forgotten ttl + 24h after
@@ -35,7 +18,7 @@ func TestMemoryFenceRule(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	start := time.Date(2030, 1, 2, 3, 4, 5, 6000, time.UTC)
-	clock := &fakeClock{t: start}
+	clock := fakeclock.NewFake(start)
 	l := NewMemory(Config{Now: clock.Now})
 	us := func() uint64 { return uint64(clock.Now().UnixMicro()) }
 
@@ -52,7 +35,7 @@ func TestMemoryFenceRule(t *testing.T) {
 	}
 	var prev uint64
 	for _, s := range steps {
-		clock.Add(s.advance)
+		clock.Advance(s.advance)
 		want := s.want(prev)
 		le := mustAcquire(t, l, "f", time.Second)
 		if le.Fence != want || le.Fence <= prev {
@@ -74,10 +57,10 @@ func TestMemoryFenceRule(t *testing.T) {
 func TestMemoryExpiry(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := fakeclock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := NewMemory(Config{Now: clock.Now})
 	le := mustAcquire(t, l, "e", time.Second)
-	clock.Add(time.Second - time.Nanosecond)
+	clock.Advance(time.Second - time.Nanosecond)
 	if info := mustInspect(t, l, "e"); !info.Held || !info.ExpiresAt.Equal(le.ExpiresAt) {
 		t.Fatalf("1ns before expiry: %+v, want held until %v", info, le.ExpiresAt)
 	}
@@ -87,7 +70,7 @@ func TestMemoryExpiry(t *testing.T) {
 	if want := clock.Now().Add(2 * time.Second); !le.ExpiresAt.Equal(want) {
 		t.Errorf("ExpiresAt after Refresh %v, want %v", le.ExpiresAt, want)
 	}
-	clock.Add(2 * time.Second)
+	clock.Advance(2 * time.Second)
 	if info := mustInspect(t, l, "e"); info.Held {
 		t.Fatalf("at expiry: %+v, want free", info)
 	}
@@ -104,7 +87,7 @@ func TestMemoryExpiry(t *testing.T) {
 func TestMemorySweep(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := fakeclock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := NewMemory(Config{Now: clock.Now})
 	b := l.(*locker).b.(*memBackend)
 	held := mustAcquire(t, l, "held", MaxTTL)
@@ -118,11 +101,11 @@ func TestMemorySweep(t *testing.T) {
 		t.Fatalf("%d records, want 1001", n)
 	}
 	// Every released record's fence is forgotten; "held" stays held.
-	clock.Add(fenceGrace / 2)
+	clock.Advance(fenceGrace / 2)
 	if err := held.Refresh(ctx, MaxTTL); err != nil {
 		t.Fatal(err)
 	}
-	clock.Add(fenceGrace/2 + time.Second)
+	clock.Advance(fenceGrace/2 + time.Second)
 	for i := range memSweepMin {
 		mustAcquire(t, l, "new"+time.Duration(i).String(), time.Second)
 	}
@@ -140,7 +123,7 @@ func TestMemorySweep(t *testing.T) {
 // refresh finds it lost and cancels fn.
 func TestMemoryDoLostOnClock(t *testing.T) {
 	t.Parallel()
-	clock := &fakeClock{t: time.Now()}
+	clock := fakeclock.NewFake(time.Now())
 	l := NewMemory(Config{Now: clock.Now})
 	started := make(chan struct{})
 	done := make(chan error, 1)
@@ -152,7 +135,7 @@ func TestMemoryDoLostOnClock(t *testing.T) {
 		})
 	}()
 	<-started
-	clock.Add(time.Second)
+	clock.Advance(time.Second)
 	thief := mustAcquire(t, l, "c", time.Hour)
 	select {
 	case err := <-done:
@@ -173,7 +156,7 @@ func TestMetrics(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	reg := prometheus.NewRegistry()
-	clock := &fakeClock{t: time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)}
+	clock := fakeclock.NewFake(time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC))
 	l := NewMemory(Config{Now: clock.Now, Registerer: reg})
 	_ = NewMemory(Config{Registerer: reg}) // a second Locker on the same registry shares the collectors
 
@@ -192,7 +175,7 @@ func TestMetrics(t *testing.T) {
 	if _, err := l.Acquire(ctx, "", time.Second); !errors.Is(err, ErrInvalidName) {
 		t.Fatal(err)
 	}
-	clock.Add(time.Second)
+	clock.Advance(time.Second)
 	if err := le.Refresh(ctx, time.Second); !errors.Is(err, ErrLost) {
 		t.Fatal(err)
 	}

@@ -14,26 +14,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/elevacare/eleva-redis/internal/clock"
 )
-
-// mwClock is a fake clock shared by the memory backend and the middleware, so
-// that header values are exact.
-type mwClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *mwClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *mwClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // mwT0 is one minute past a whole hour, so a one-hour fixed window has 3540s
 // left.
@@ -41,8 +24,8 @@ var mwT0 = time.Unix(1_700_000_000-1_700_000_000%3600+60, 0)
 
 // mwSetup returns a memory limiter and middleware options on one fake clock
 // starting at mwT0. The logger discards, so expected errors stay quiet.
-func mwSetup(opts MiddlewareOptions) (Limiter, MiddlewareOptions, *mwClock) {
-	clk := &mwClock{t: mwT0}
+func mwSetup(opts MiddlewareOptions) (Limiter, MiddlewareOptions, *clock.Fake) {
+	clk := clock.NewFake(mwT0) // shared by the memory backend and the middleware, so header values are exact
 	opts.Now = clk.Now
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))

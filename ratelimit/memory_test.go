@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/elevacare/eleva-redis/internal/clock"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -17,30 +18,13 @@ import (
 // have a resolution of 0.25µs (the GCRA rounding cases below rely on that).
 var memBase = time.Unix(1_699_999_200, 0)
 
-// memClock is a fake clock for Config.Now. step, when set, advances the clock
-// by that much on every reading.
-type memClock struct {
-	mu   sync.Mutex
-	t    time.Time
-	step time.Duration
-}
+// memClock is a fake clock for Config.Now whose Set is relative to memBase.
+type memClock struct{ *clock.Fake }
 
-func newMemClock() *memClock { return &memClock{t: memBase} }
-
-func (c *memClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	t := c.t
-	c.t = c.t.Add(c.step)
-	return t
-}
+func newMemClock() *memClock { return &memClock{clock.NewFake(memBase)} }
 
 // Set moves the clock to memBase + d.
-func (c *memClock) Set(d time.Duration) {
-	c.mu.Lock()
-	c.t = memBase.Add(d)
-	c.mu.Unlock()
-}
+func (c *memClock) Set(d time.Duration) { c.Fake.Set(memBase.Add(d)) }
 
 func newTestMemory(t *testing.T) (*memoryLimiter, *memClock) {
 	t.Helper()
@@ -871,7 +855,7 @@ func TestMemoryAllowNoAllocs(t *testing.T) {
 		for _, step := range []time.Duration{20 * time.Millisecond, 0} {
 			t.Run(string(a)+"/step="+step.String(), func(t *testing.T) {
 				clk := newMemClock()
-				clk.step = step
+				clk.SetStep(step)
 				m := NewMemory(Config{Now: clk.Now})
 				l := Limit{Limit: 100, Window: time.Second, Algorithm: a}
 				// Warm up past the limit: the sliding-log ring reaches its size.

@@ -4,37 +4,19 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/elevacare/eleva-redis/internal/clock"
 	"github.com/elevacare/eleva-redis/internal/seal"
 )
 
-// fakeClock is the injectable clock of the memory backend.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 var t0 = time.Unix(1_700_000_000, 0)
 
-func newFakeMemory(cfg Config) (*store, *memoryBackend, *fakeClock) {
-	clk := &fakeClock{t: t0}
+func newFakeMemory(cfg Config) (*store, *memoryBackend, *clock.Fake) {
+	clk := clock.NewFake(t0)
 	cfg.Now = clk.Now
 	s := NewMemory(quiet(cfg)).(*store)
 	return s, s.b.(*memoryBackend), clk
