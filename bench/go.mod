@@ -5,6 +5,7 @@ go 1.26.0
 replace github.com/elevacare/eleva-redis => ../
 
 require (
+	github.com/bsm/redislock v0.9.4
 	github.com/elevacare/eleva-redis v0.0.0-00010101000000-000000000000
 	github.com/go-redis/redis_rate/v10 v10.0.1
 	github.com/redis/go-redis/v9 v9.23.0

@@ -27,6 +27,15 @@ type measurement struct {
 	// how much server CPU one decision costs.
 	ServerCalls, ServerUsec uint64
 	FirstErr                error
+
+	// Lock benchmarks only (Allowed counts acquire+release cycles that
+	// succeeded). ServerCalls and ServerUsec then exclude the warm-up.
+	NotAcquired uint64          // acquires that ended without the lock (held, or the wait ran out)
+	HandOffs    uint64          // acquisitions from another goroutine than the name's previous holder
+	HandOffLat  []time.Duration // per hand-off: previous holder's release start to this acquire's return
+	AcquireLat  []time.Duration // per successful cycle: duration of the acquire call (waiting included)
+	ServerCPU   time.Duration   // redis-server CPU time (INFO cpu) in the measured interval
+	ClientCPU   time.Duration   // this process's CPU time in the measured interval
 }
 
 // add accumulates another round of the same side.
@@ -39,6 +48,12 @@ func (m *measurement) add(o measurement) {
 	m.Mallocs += o.Mallocs
 	m.ServerCalls += o.ServerCalls
 	m.ServerUsec += o.ServerUsec
+	m.NotAcquired += o.NotAcquired
+	m.HandOffs += o.HandOffs
+	m.HandOffLat = append(m.HandOffLat, o.HandOffLat...)
+	m.AcquireLat = append(m.AcquireLat, o.AcquireLat...)
+	m.ServerCPU += o.ServerCPU
+	m.ClientCPU += o.ClientCPU
 	if m.FirstErr == nil {
 		m.FirstErr = o.FirstErr
 	}
@@ -50,6 +65,14 @@ func (m measurement) OpsPerSec() float64 {
 		return 0
 	}
 	return float64(m.Ops) / m.Elapsed.Seconds()
+}
+
+// CyclesPerSec is successful lock acquire+release cycles per second.
+func (m measurement) CyclesPerSec() float64 {
+	if m.Elapsed <= 0 {
+		return 0
+	}
+	return float64(m.Allowed) / m.Elapsed.Seconds()
 }
 
 // NsPerOp is wall time per decision with all goroutines running, the same

@@ -1,8 +1,8 @@
-// Command bench compares eleva-redis's rate limiters with peer libraries on
-// the same redis-server, in the same run, with the same key space, and prints
-// a markdown table with ratios (see README.md).
+// Command bench compares eleva-redis's rate limiters and locks with peer
+// libraries on the same redis-server, in the same run, with the same key
+// space, and prints a markdown table with ratios (see README.md).
 //
-//	go run . [-duration 2s] [-only gcra,fixed-window,memory]
+//	go run . [-duration 2s] [-only gcra,fixed-window,memory,lock,lock-contended]
 package main
 
 import (
@@ -33,7 +33,7 @@ const (
 	benchMemory      = "memory"
 )
 
-var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory}
+var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory, benchLock, benchLockContended}
 
 // Targets of the acceptance item 7.
 const (
@@ -53,6 +53,11 @@ type config struct {
 	only       []string
 	redisURL   string
 	progress   io.Writer
+	// Lock benchmarks.
+	lockGoroutines   []int
+	lockHot          int           // names shared by all goroutines in lock-contended
+	lockInstances    int           // independent lockers (clients) per side, goroutines spread over them
+	redislockBackoff time.Duration // redislock's LinearBackoff while waiting
 }
 
 // comparison is one benchmark: our side against a peer.
@@ -85,6 +90,7 @@ type row struct {
 	OursName   string
 	PeerName   string
 	Memory     bool
+	Lock       bool
 	KeySpace   string
 	Goroutines int
 	Ours, Peer measurement
@@ -92,10 +98,11 @@ type row struct {
 
 func main() {
 	var (
-		cfg        config
-		only       string
-		goroutines string
-		cpuProfile string
+		cfg            config
+		only           string
+		goroutines     string
+		lockGoroutines string
+		cpuProfile     string
 	)
 	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured interval of each side of each cell")
 	flag.DurationVar(&cfg.warmup, "warmup", 500*time.Millisecond, "warm-up before each measured interval (not counted)")
@@ -103,6 +110,10 @@ func main() {
 	flag.StringVar(&goroutines, "goroutines", "1,16,128", "goroutine counts of the Redis benchmarks (memory benchmarks use GOMAXPROCS)")
 	flag.IntVar(&cfg.keys, "keys", 10000, "size of the key space; each decision picks a key uniformly at random")
 	flag.BoolVar(&cfg.hot, "hot", true, "also run a hot-key variant (every decision on one key)")
+	flag.StringVar(&lockGoroutines, "lock-goroutines", "1,16,64", "goroutine counts of the lock benchmarks")
+	flag.IntVar(&cfg.lockHot, "lock-contended-names", 1, "lock names shared by all goroutines in lock-contended")
+	flag.IntVar(&cfg.lockInstances, "lock-instances", 1, "independent lockers, each with its own client, per side of a lock cell (goroutine i uses locker i mod n), like n processes")
+	flag.DurationVar(&cfg.redislockBackoff, "redislock-backoff", defaultRedislockBackoff, "bsm/redislock's LinearBackoff between tries while waiting (lock-contended)")
 	flag.StringVar(&only, "only", strings.Join(allBenches, ","), "comma-separated benchmarks to run: "+strings.Join(allBenches, ", "))
 	flag.StringVar(&cfg.redisURL, "redis-url", os.Getenv("ELEVA_BENCH_REDIS_URL"),
 		"use this Redis instead of a private redis-server (default $ELEVA_BENCH_REDIS_URL); its database is FLUSHED between runs")
@@ -113,11 +124,14 @@ func main() {
 	if cfg.goroutines, err = parseInts(goroutines); err != nil {
 		fatalf(2, "bench: -goroutines: %v", err)
 	}
+	if cfg.lockGoroutines, err = parseInts(lockGoroutines); err != nil {
+		fatalf(2, "bench: -lock-goroutines: %v", err)
+	}
 	if cfg.only, err = parseOnly(only); err != nil {
 		fatalf(2, "bench: -only: %v", err)
 	}
-	if cfg.keys < 1 || cfg.duration <= 0 || cfg.warmup < 0 || cfg.rounds < 1 {
-		fatalf(2, "bench: -keys, -duration and -rounds must be positive, -warmup not negative")
+	if cfg.keys < 1 || cfg.duration <= 0 || cfg.warmup < 0 || cfg.rounds < 1 || cfg.lockHot < 1 || cfg.lockInstances < 1 || cfg.redislockBackoff <= 0 {
+		fatalf(2, "bench: -keys, -duration, -rounds, -lock-contended-names, -lock-instances and -redislock-backoff must be positive, -warmup not negative")
 	}
 	cfg.progress = os.Stderr
 
@@ -158,7 +172,7 @@ func fatalf(code int, format string, args ...any) {
 }
 
 func needsRedis(only []string) bool {
-	return slices.Contains(only, benchGCRA) || slices.Contains(only, benchFixedWindow)
+	return slices.ContainsFunc(only, func(b string) bool { return b != benchMemory })
 }
 
 func parseInts(s string) ([]int, error) {
@@ -193,7 +207,13 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 		progress = io.Discard
 	}
 	maxG := slices.Max(cfg.goroutines)
-	e := &env{redisURL: cfg.redisURL, poolSize: max(maxG, 10*runtime.GOMAXPROCS(0))}
+	if len(cfg.lockGoroutines) > 0 {
+		maxG = max(maxG, slices.Max(cfg.lockGoroutines))
+	}
+	e := &env{redisURL: cfg.redisURL, poolSize: max(maxG, 10*runtime.GOMAXPROCS(0)), redislockBackoff: cfg.redislockBackoff}
+	if e.redislockBackoff <= 0 {
+		e.redislockBackoff = defaultRedislockBackoff
+	}
 
 	var admin rueidis.Client
 	if needsRedis(cfg.only) {
@@ -289,6 +309,11 @@ func run(ctx context.Context, cfg config) ([]row, machineInfo, error) {
 			}
 		}
 	}
+	lockRows, err := runLocks(ctx, cfg, admin, e, progress)
+	if err != nil {
+		return nil, info, err
+	}
+	rows = append(rows, lockRows...)
 	if len(rows) == 0 {
 		return nil, info, errors.New("bench: nothing to run")
 	}

@@ -37,6 +37,8 @@ type env struct {
 	// poolSize is the go-redis PoolSize of the peers: at least the largest
 	// goroutine count, so no peer goroutine ever waits for a connection.
 	poolSize int
+	// redislockBackoff is bsm/redislock's LinearBackoff while waiting.
+	redislockBackoff time.Duration
 }
 
 // ourConfig is the default Config except what keeps our figures honest:

@@ -1,14 +1,14 @@
 package lock
 
 import (
-	fakeclock "github.com/elevacare/eleva-redis/internal/clock"
-
 	"context"
 	"errors"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	fakeclock "github.com/elevacare/eleva-redis/internal/clock"
 )
 
 // TestMemoryFenceRule checks fence = max(previous + 1, now in µs) step by
