@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -178,8 +179,15 @@ func cost(c *int) (int, *apiError) {
 	return *c, nil
 }
 
-// handleAllow serves POST /v1/ratelimit/allow.
+// handleAllow serves POST /v1/ratelimit/allow: consumes cost only if it fits.
 func (s *server) handleAllow(w http.ResponseWriter, r *http.Request) {
+	s.handleConsume(w, r, s.limiter.AllowN)
+}
+
+// handleConsume decodes an allow or record body and answers the decision of
+// consume (Limiter.AllowN or Limiter.Record).
+func (s *server) handleConsume(w http.ResponseWriter, r *http.Request,
+	consume func(ctx context.Context, key string, l ratelimit.Limit, n int) (ratelimit.Decision, error)) {
 	var req allowRequest
 	if ae := decodeJSON(w, r, s.maxBody, &req); ae != nil {
 		writeError(w, ae)
@@ -195,7 +203,7 @@ func (s *server) handleAllow(w http.ResponseWriter, r *http.Request) {
 		writeError(w, ae)
 		return
 	}
-	d, err := s.limiter.AllowN(r.Context(), key, l, n)
+	d, err := consume(r.Context(), key, l, n)
 	if err != nil {
 		s.fail(w, r, err)
 		return
@@ -223,29 +231,10 @@ func (s *server) handlePeek(w http.ResponseWriter, r *http.Request) {
 	s.writeDecision(w, l, d)
 }
 
-// handleRecord serves POST /v1/ratelimit/record.
+// handleRecord serves POST /v1/ratelimit/record: consumes cost even over the
+// limit.
 func (s *server) handleRecord(w http.ResponseWriter, r *http.Request) {
-	var req allowRequest
-	if ae := decodeJSON(w, r, s.maxBody, &req); ae != nil {
-		writeError(w, ae)
-		return
-	}
-	key, l, ae := req.fields().toLimit()
-	if ae != nil {
-		writeError(w, ae)
-		return
-	}
-	n, ae := cost(req.Cost)
-	if ae != nil {
-		writeError(w, ae)
-		return
-	}
-	d, err := s.limiter.Record(r.Context(), key, l, n)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	s.writeDecision(w, l, d)
+	s.handleConsume(w, r, s.limiter.Record)
 }
 
 // handleReset serves POST /v1/ratelimit/reset.
