@@ -1,7 +1,6 @@
 package elevaredis_test
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -19,6 +18,7 @@ import (
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -178,24 +178,6 @@ func TestOpenURLForms(t *testing.T) {
 	}
 }
 
-// syncBuffer is a log sink safe for the concurrent writes of slog.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // Client-side caching is on by default, and turned off (with a warning) when
 // the server refuses it rather than failing Open.
 func TestOpenClientCache(t *testing.T) {
@@ -218,7 +200,7 @@ func TestOpenClientCache(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
+			var logs testlog.Buffer
 			e := open(t, elevaredis.Config{
 				RedisURL:           tc.url,
 				KeyPrefix:          redistest.Prefix(t),

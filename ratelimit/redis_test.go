@@ -20,6 +20,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testlog"
 )
 
 // redisTargets are the two deployments every Redis acceptance test runs on.
@@ -574,7 +575,7 @@ func TestRedisBadStateIsBackendError(t *testing.T) {
 			ctx := context.Background()
 			reg := prometheus.NewRegistry()
 			prefix := redistest.Prefix(t)
-			var logs syncBuffer
+			var logs testlog.Buffer
 			logger := slog.New(slog.NewTextHandler(&logs, nil))
 			closed := newTestRedis(t, client, Config{Prefix: prefix, OnBackendError: FailClosed, Registerer: reg, Logger: logger})
 			open := newTestRedis(t, client, Config{Prefix: prefix, OnBackendError: FailOpen, Registerer: reg})
@@ -883,24 +884,6 @@ func TestRedisScriptCacheFlushed(t *testing.T) {
 	if d := x.peek("fresh", rule); d.Remaining != 5 {
 		t.Fatalf("the fitting check of a denied AllowAll keeps %d of 5 after the refund", d.Remaining)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger used from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestRedisScriptAssembly checks the scripts assembled from the Lua files:

@@ -14,6 +14,7 @@ import (
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testlog"
 )
 
 // backendCases are the backends the lock and tempdata endpoint tests run on:
@@ -37,7 +38,7 @@ func newBackendEnv(t *testing.T, url string, cfg elevaredis.Config) *testEnv {
 	if url != "" && cfg.KeyPrefix == "" {
 		cfg.KeyPrefix = redistest.Prefix(t)
 	}
-	logs := &syncBuffer{}
+	logs := &testlog.Buffer{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -21,6 +21,7 @@ import (
 
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -28,30 +29,12 @@ import (
 
 func TestMain(m *testing.M) { os.Exit(redistest.Run(m)) }
 
-// syncBuffer is a log sink the handler may write from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // testEnv is a server on the memory limiter plus what the tests inspect.
 type testEnv struct {
 	t        *testing.T
 	h        http.Handler
 	deps     Deps
-	logs     *syncBuffer
+	logs     *testlog.Buffer
 	registry *prometheus.Registry
 }
 
@@ -59,12 +42,12 @@ type testEnv struct {
 // memory backends.
 func newEnv(t *testing.T, deps Deps) *testEnv {
 	t.Helper()
-	return newEnvLogs(t, deps, &syncBuffer{})
+	return newEnvLogs(t, deps, &testlog.Buffer{})
 }
 
 // newEnvLogs is newEnv with the log sink: deps.Logger, when set, must write
 // to logs.
-func newEnvLogs(t *testing.T, deps Deps, logs *syncBuffer) *testEnv {
+func newEnvLogs(t *testing.T, deps Deps, logs *testlog.Buffer) *testEnv {
 	t.Helper()
 	if deps.Limiter == nil {
 		deps.Limiter = ratelimit.NewMemory(ratelimit.Config{})
