@@ -128,6 +128,23 @@ type target struct {
 	unix      bool
 }
 
+// inherit fills a capability Config's common fields from the top-level ones
+// where the capability leaves them empty.
+func (cfg Config) inherit(prefix *string, secret *[]byte, reg *prometheus.Registerer, log **slog.Logger, logger *slog.Logger) {
+	if *prefix == "" {
+		*prefix = cfg.KeyPrefix
+	}
+	if len(*secret) == 0 {
+		*secret = cfg.KeyHashSecret
+	}
+	if *reg == nil {
+		*reg = cfg.Registerer
+	}
+	if *log == nil {
+		*log = logger
+	}
+}
+
 // Open builds every capability on the backend cfg selects. With a RedisURL it
 // connects and sends PING under ctx, so a wrong address, a refused password or
 // an unreachable server is reported here, within ctx's deadline, rather than
@@ -137,45 +154,10 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	rl := cfg.RateLimit
-	if rl.Prefix == "" {
-		rl.Prefix = cfg.KeyPrefix
-	}
-	if len(rl.KeyHashSecret) == 0 {
-		rl.KeyHashSecret = cfg.KeyHashSecret
-	}
-	if rl.Registerer == nil {
-		rl.Registerer = cfg.Registerer
-	}
-	if rl.Logger == nil {
-		rl.Logger = logger
-	}
-	lk := cfg.Lock
-	if lk.Prefix == "" {
-		lk.Prefix = cfg.KeyPrefix
-	}
-	if len(lk.KeyHashSecret) == 0 {
-		lk.KeyHashSecret = cfg.KeyHashSecret
-	}
-	if lk.Registerer == nil {
-		lk.Registerer = cfg.Registerer
-	}
-	if lk.Logger == nil {
-		lk.Logger = logger
-	}
-	td := cfg.Temp
-	if td.Prefix == "" {
-		td.Prefix = cfg.KeyPrefix
-	}
-	if len(td.KeyHashSecret) == 0 {
-		td.KeyHashSecret = cfg.KeyHashSecret
-	}
-	if td.Registerer == nil {
-		td.Registerer = cfg.Registerer
-	}
-	if td.Logger == nil {
-		td.Logger = logger
-	}
+	rl, lk, td := cfg.RateLimit, cfg.Lock, cfg.Temp
+	cfg.inherit(&rl.Prefix, &rl.KeyHashSecret, &rl.Registerer, &rl.Logger, logger)
+	cfg.inherit(&lk.Prefix, &lk.KeyHashSecret, &lk.Registerer, &lk.Logger, logger)
+	cfg.inherit(&td.Prefix, &td.KeyHashSecret, &td.Registerer, &td.Logger, logger)
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
