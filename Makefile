@@ -33,6 +33,19 @@ fmt-check:
 bench: deps-test
 	cd bench && $(GO) run . $(BENCH_FLAGS)
 
-## fuzz: run each fuzz target for a short while
-fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzKey -fuzztime 30s ./internal/keys/
+## fuzz: run every fuzz target for FUZZTIME each (default 20s)
+FUZZTIME ?= 20s
+FUZZ_TARGETS = \
+	./internal/keys:FuzzKey \
+	./internal/seal:FuzzOpen \
+	./ratelimit:FuzzClientIP \
+	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
+	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
+	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency
+
+fuzz: deps-test
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t##*:}; \
+		echo "== $$name ($$pkg)"; \
+		$(GO) test -run '^$$' -fuzz "^$$name$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
