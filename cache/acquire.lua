@@ -1,0 +1,28 @@
+-- acquire.lua: return a usable value, or take the load lease, or report the
+-- lease's holder — in one atomic step.
+--
+-- KEYS[1] the value key  <prefix>cache:{<ns>/<key>}        string: an entry
+-- KEYS[2] the lease key  <prefix>cache:{<ns>/<key>}:lease  string: the holder's token
+-- ARGV[1] token (128 random bits, base64url)
+-- ARGV[2] the lease's ttl in ms (the load timeout)
+-- ARGV[3] the current tag versions, "v1,v2" ('' for an untagged key)
+-- ARGV[4] '1' for a refresh: take the lease even though a value is stored
+--
+-- An entry is <kind><versions>|<cachedAt>|<softAt>|<hardAt>|<delta>\n<data>,
+-- kind 'v' (value) or 'n' (not found). It is usable when its versions are
+-- ARGV[3]: a value stored before an InvalidateTags is not.
+--
+-- Returns {1, entry} (usable value), {2} (lease taken), {3, pttl} (another
+-- holder; pttl its remaining ms).
+
+local v = redis.call('GET', KEYS[1])
+if v and ARGV[4] ~= '1' then
+  local n = #ARGV[3]
+  if string.sub(v, 2, n + 1) == ARGV[3] and string.sub(v, n + 2, n + 2) == '|' then
+    return {1, v}
+  end
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {2}
+end
+return {3, redis.call('PTTL', KEYS[2])}
