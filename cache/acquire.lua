@@ -6,7 +6,11 @@
 -- ARGV[1] token (128 random bits, base64url)
 -- ARGV[2] the lease's ttl in ms (the load timeout)
 -- ARGV[3] the current tag versions, "v1,v2" ('' for an untagged key)
--- ARGV[4] '1' for a refresh: take the lease even though a value is stored
+-- ARGV[4] '' (a miss), or a refresh: the cachedAt (ms) of the copy the
+--         caller saw go stale — the lease is taken only if that copy is
+--         still the stored one, so a value another instance already
+--         refreshed is returned instead — or '*' to take it regardless
+--         (the stored value cannot be decoded)
 --
 -- An entry is <kind><versions>|<cachedAt>|<softAt>|<hardAt>|<delta>\n<data>,
 -- kind 'v' (value) or 'n' (not found). It is usable when its versions are
@@ -16,10 +20,12 @@
 -- holder; pttl its remaining ms).
 
 local v = redis.call('GET', KEYS[1])
-if v and ARGV[4] ~= '1' then
+if v and ARGV[4] ~= '*' then
   local n = #ARGV[3]
   if string.sub(v, 2, n + 1) == ARGV[3] and string.sub(v, n + 2, n + 2) == '|' then
-    return {1, v}
+    if ARGV[4] == '' or string.match(v, '^[^|]*|(%d+)|') ~= ARGV[4] then
+      return {1, v}
+    end
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

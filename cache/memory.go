@@ -2,6 +2,7 @@ package cache
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -75,11 +76,12 @@ func (b *memoryBackend) read(_ context.Context, k rkey, _ bool) (*entry, bool, e
 	return b.live(k.value, now), leased, nil
 }
 
-func (b *memoryBackend) acquire(_ context.Context, k rkey, token, versions string, refresh bool, leaseTTL time.Duration) (acquireResult, error) {
+func (b *memoryBackend) acquire(_ context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error) {
 	now := b.store.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e := b.live(k.value, now); e != nil && !refresh && e.versions == versions {
+	if e := b.live(k.value, now); e != nil && refresh != forceRefresh && e.versions == versions &&
+		(refresh == "" || strconv.FormatInt(e.cachedAt.UnixMilli(), 10) != refresh) {
 		return acquireResult{e: e}, nil
 	}
 	if l, ok := b.lease(k.value, now); ok {

@@ -256,11 +256,8 @@ func ms(d time.Duration) string {
 	return strconv.FormatInt(m, 10)
 }
 
-func (b *redisBackend) acquire(ctx context.Context, k rkey, token, versions string, refresh bool, leaseTTL time.Duration) (acquireResult, error) {
-	r := "0"
-	if refresh {
-		r = "1"
-	}
+func (b *redisBackend) acquire(ctx context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error) {
+	r := refresh
 	vals, err := scriptAcquire.Exec(ctx, b.client, []string{k.value, k.lease},
 		[]string{token, ms(leaseTTL), versions, r}).ToArray()
 	if err != nil {
@@ -282,7 +279,7 @@ func (b *redisBackend) acquire(ctx context.Context, k rkey, token, versions stri
 		e, perr := parseEntry(raw)
 		if perr != nil {
 			// Unreadable: take a refresh lease to overwrite it.
-			return b.acquire(ctx, k, token, versions, true, leaseTTL)
+			return b.acquire(ctx, k, token, versions, forceRefresh, leaseTTL)
 		}
 		return acquireResult{e: e}, nil
 	case 2:

@@ -64,6 +64,10 @@ type fillArgs struct {
 	publishChannel string
 }
 
+// forceRefresh is acquire's refresh argument that takes the lease whatever
+// is stored.
+const forceRefresh = "*"
+
 // leaseSuffix makes a lease key from its value key. A value key ends with
 // its hash tag's '}', so no value key ends with it.
 const leaseSuffix = ":lease"
@@ -80,10 +84,11 @@ type backend interface {
 	// whether a lease on k is held. In tracking mode the read subscribes
 	// this client to changes of both keys.
 	read(ctx context.Context, k rkey, tracked bool) (e *entry, leased bool, err error)
-	// acquire returns the stored entry when its versions match (and refresh
-	// is false); otherwise takes the lease for leaseTTL, or reports the
-	// current holder's remaining time.
-	acquire(ctx context.Context, k rkey, token, versions string, refresh bool, leaseTTL time.Duration) (acquireResult, error)
+	// acquire returns the stored entry when its versions match (for a
+	// refresh: and it is not the copy seen stale, whose cachedAt in ms is
+	// refresh; forceRefresh: never); otherwise takes the lease for
+	// leaseTTL, or reports the current holder's remaining time.
+	acquire(ctx context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error)
 	// fill writes an entry if token still holds the lease (or token is
 	// ""), removing the lease; ok false means the lease was lost.
 	fill(ctx context.Context, k rkey, a fillArgs) (cachedAt time.Time, ok bool, err error)

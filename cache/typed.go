@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
+	"strconv"
 	"sync"
 	"time"
 
@@ -269,9 +270,9 @@ func (c *Cache[T]) fromLocal(key string, load func(context.Context) (T, error), 
 			return zero, Meta{}, nil, false // Get does not serve stale values
 		}
 		m.Stale = true
-		c.refreshWith(rk, load, opts)
+		c.refreshWith(rk, l.meta.CachedAt, load, opts)
 	} else if l.beta > 0 && load != nil && xfetch(now, l.softAt, l.delta, l.beta) {
-		c.refreshWith(rk, load, opts)
+		c.refreshWith(rk, l.meta.CachedAt, load, opts)
 	}
 	c.s.metrics.hit(SourceLocal)
 	if l.negative {
@@ -280,9 +281,9 @@ func (c *Cache[T]) fromLocal(key string, load func(context.Context) (T, error), 
 	return l.v, m, nil, true
 }
 
-func (c *Cache[T]) refreshWith(rk rkey, load func(context.Context) (T, error), opts []Option) {
+func (c *Cache[T]) refreshWith(rk rkey, seen time.Time, load func(context.Context) (T, error), opts []Option) {
 	if o, err := c.resolve(opts); err == nil {
-		c.refresh(rk, load, o)
+		c.refresh(rk, seen, load, o)
 	}
 }
 
@@ -392,7 +393,7 @@ func (c *Cache[T]) readShared(ctx context.Context, rk rkey, load func(context.Co
 	}
 	if load != nil {
 		if stale || (o.beta > 0 && xfetch(now, e.softAt, e.delta, o.beta)) {
-			c.refresh(rk, load, o)
+			c.refresh(rk, e.cachedAt, load, o)
 		}
 	}
 	c.s.metrics.hit(SourceRedis)
@@ -515,7 +516,7 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 		woken, stop := c.s.hub.wait(rk.value)
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, false, o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, verStr, "", o.loadTimeout)
 		cancel()
 		if err != nil {
 			stop()
@@ -531,7 +532,7 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 			// Undecodable: load and overwrite it under a refresh lease.
 			token = newToken()
 			cctx, cancel := c.s.ctx(ctx)
-			r, err = c.s.b.acquire(cctx, rk, token, verStr, true, o.loadTimeout)
+			r, err = c.s.b.acquire(cctx, rk, token, verStr, forceRefresh, o.loadTimeout)
 			cancel()
 			if err != nil || r.token == "" {
 				return c.loadUncached(ctx, load, o, err != nil)
@@ -680,7 +681,7 @@ func (c *Cache[T]) releaseLease(ctx context.Context, rk rkey, token string) {
 
 // refresh reloads key in the background (stale-while-revalidate, XFetch):
 // one refresh per key in this process, and through the lease one per fleet.
-func (c *Cache[T]) refresh(rk rkey, load func(context.Context) (T, error), o options) {
+func (c *Cache[T]) refresh(rk rkey, seen time.Time, load func(context.Context) (T, error), o options) {
 	if _, busy := c.refreshing.LoadOrStore(rk.value, struct{}{}); busy {
 		return
 	}
@@ -694,7 +695,7 @@ func (c *Cache[T]) refresh(rk rkey, load func(context.Context) (T, error), o opt
 		}
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, true, o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, verStr, strconv.FormatInt(seen.UnixMilli(), 10), o.loadTimeout)
 		cancel()
 		if err != nil {
 			_ = c.s.failed("refresh", ctx, err)
@@ -894,7 +895,7 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 		woken, stop := c.s.hub.wait(rk.value)
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, false, o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, verStr, "", o.loadTimeout)
 		cancel()
 		if err != nil {
 			stop()
