@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
+	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
@@ -78,6 +79,11 @@ type Config struct {
 	// RateLimit's do.
 	Lock lock.Config
 	Temp tempdata.Config
+	// Cache configures the query cache's Store. Its Prefix, KeyHashSecret,
+	// Registerer and Logger default to the fields above when empty. Its
+	// Tracker is set by Open (CLIENT TRACKING coherence) unless client-side
+	// caching is off, in which case the Store uses Pub/Sub invalidation.
+	Cache cache.StoreConfig
 	// EncryptionKey turns on encryption at rest (AES-256-GCM) of temporary
 	// values, token data and idempotency responses: the ELEVA_ENCRYPTION_KEY
 	// format, comma-separated "kid:base64key" entries (32-byte keys), the
@@ -108,6 +114,9 @@ type Eleva struct {
 	// Temp keeps temporary values, one-time tokens and idempotency records
 	// (and backs tempdata.IdempotencyMiddleware).
 	Temp tempdata.Store
+	// Cache is the shared level of the query cache: build typed caches on
+	// it with cache.New.
+	Cache *cache.Store
 
 	client    rueidis.Client // nil on memory
 	target    target
@@ -158,6 +167,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	cfg.inherit(&rl.Prefix, &rl.KeyHashSecret, &rl.Registerer, &rl.Logger, logger)
 	cfg.inherit(&lk.Prefix, &lk.KeyHashSecret, &lk.Registerer, &lk.Logger, logger)
 	cfg.inherit(&td.Prefix, &td.KeyHashSecret, &td.Registerer, &td.Logger, logger)
+	cc := cfg.Cache
+	cfg.inherit(&cc.Prefix, &cc.KeyHashSecret, &cc.Registerer, &cc.Logger, logger)
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
@@ -166,6 +177,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		{"RateLimit.Prefix", rl.Prefix},
 		{"Lock.Prefix", lk.Prefix},
 		{"Temp.Prefix", td.Prefix},
+		{"Cache.Prefix", cc.Prefix},
 	} {
 		if _, err := keys.New(p.prefix, nil); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, p.field, err)
@@ -190,6 +202,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 			RateLimit: ratelimit.NewMemory(rl),
 			Locks:     lock.NewMemory(lk),
 			Temp:      tempdata.NewMemory(td),
+			Cache:     cache.NewMemoryStore(cc),
 			keyIDs:    keyIDs,
 		}, nil
 	}
@@ -198,9 +211,13 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The query cache's local copies follow CLIENT TRACKING pushes, which
+	// reach it through this hook.
+	tracker := cache.NewTracker()
+	opt.OnInvalidations = tracker.OnInvalidations
 	client, err := connect(ctx, opt, tgt)
 	if err != nil && !opt.DisableCache && errors.Is(err, rueidis.ErrNoCache) {
-		logger.Warn("redis refused client-side caching (it needs RESP3 and CLIENT TRACKING); continuing without it",
+		logger.Warn("redis refused client-side caching (it needs RESP3 and CLIENT TRACKING); continuing without it: the query cache uses Pub/Sub invalidation",
 			"redis", tgt.redacted, "reason", err.Error())
 		opt.DisableCache = true
 		client, err = connect(ctx, opt, tgt)
@@ -208,10 +225,15 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	if err != nil {
 		return nil, err
 	}
+	cc.Tracker = nil
+	if !opt.DisableCache {
+		cc.Tracker = tracker
+	}
 	return &Eleva{
 		RateLimit: ratelimit.NewRedis(client, rl),
 		Locks:     lock.NewRedis(client, lk),
 		Temp:      tempdata.NewRedis(client, td),
+		Cache:     cache.NewRedisStore(client, cc),
 		client:    client,
 		target:    tgt,
 		cacheOff:  opt.DisableCache,
@@ -422,6 +444,9 @@ func (e *Eleva) nodes() []string {
 // more than once; calls made on e afterwards fail.
 func (e *Eleva) Close() {
 	e.closeOnce.Do(func() {
+		if e.Cache != nil {
+			e.Cache.Close()
+		}
 		if e.client != nil {
 			e.client.Close()
 		}

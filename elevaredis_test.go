@@ -229,6 +229,15 @@ func TestOpenClientCache(t *testing.T) {
 			if off := strings.Contains(e.Describe(), "client-side cache off"); off == tc.wantCache {
 				t.Errorf("Describe() = %q; want cache off = %v", e.Describe(), !tc.wantCache)
 			}
+			// The query cache follows: tracking when the client caches,
+			// Pub/Sub invalidation otherwise.
+			wantMode := "pubsub"
+			if tc.wantCache {
+				wantMode = "tracking"
+			}
+			if got := e.Cache.Mode(); got != wantMode {
+				t.Errorf("Cache.Mode() = %s, want %s", got, wantMode)
+			}
 			warned := strings.Contains(logs.String(), "refused client-side caching")
 			if warned != tc.wantWarn {
 				t.Errorf("warning logged = %v, want %v; logs:\n%s", warned, tc.wantWarn, logs.String())
