@@ -1,31 +1,29 @@
--- acquire.lua: return a usable value, or take the load lease, or report the
--- lease's holder — in one atomic step.
+-- acquire.lua: return the stored value, or take the load lease, or report
+-- the lease's holder — in one atomic step.
 --
 -- KEYS[1] the value key  <prefix>cache:{<ns>/<key>}        string: an entry
 -- KEYS[2] the lease key  <prefix>cache:{<ns>/<key>}:lease  string: the holder's token
 -- ARGV[1] token (128 random bits, base64url)
 -- ARGV[2] the lease's ttl in ms (the load timeout)
--- ARGV[3] the current tag versions, "v1,v2" ('' for an untagged key)
--- ARGV[4] '' (a miss), or a refresh: the cachedAt (ms) of the copy the
---         caller saw go stale — the lease is taken only if that copy is
---         still the stored one, so a value another instance already
---         refreshed is returned instead — or '*' to take it regardless
---         (the stored value cannot be decoded)
+-- ARGV[3] '' (a miss), or a refresh: the cachedAt (ms) of the copy the
+--         caller saw stale — the lease is taken only if that copy is still
+--         the stored one, so a value another instance already refreshed is
+--         returned instead — or '*' to take it regardless (the stored value
+--         cannot be decoded)
 --
--- An entry is <kind><versions>|<cachedAt>|<softAt>|<hardAt>|<delta>\n<data>,
--- kind 'v' (value) or 'n' (not found). It is usable when its versions are
--- ARGV[3]: a value stored before an InvalidateTags is not.
+-- An entry is <kind><tags>|<cachedAt>|<softAt>|<hardAt>|<delta>\n<data>,
+-- kind 'v' (value) or 'n' (not found), <tags> "tagkey version,..." (the
+-- versions its load began under). Whether those versions are still current
+-- is for the caller to check: tag keys live in other slots, which a script
+-- on Cluster may not read.
 --
--- Returns {1, entry} (usable value), {2} (lease taken), {3, pttl} (another
+-- Returns {1, entry} (stored value), {2} (lease taken), {3, pttl} (another
 -- holder; pttl its remaining ms).
 
 local v = redis.call('GET', KEYS[1])
-if v and ARGV[4] ~= '*' then
-  local n = #ARGV[3]
-  if string.sub(v, 2, n + 1) == ARGV[3] and string.sub(v, n + 2, n + 2) == '|' then
-    if ARGV[4] == '' or string.match(v, '^[^|]*|(%d+)|') ~= ARGV[4] then
-      return {1, v}
-    end
+if v and ARGV[3] ~= '*' then
+  if ARGV[3] == '' or string.match(v, '^[^|]*|(%d+)|') ~= ARGV[3] then
+    return {1, v}
   end
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then

@@ -207,9 +207,9 @@ func LocalTTL(d time.Duration) Option { return func(o *options) { o.localTTL = d
 // LoadTimeout overrides Config.LoadTimeout for this call.
 func LoadTimeout(d time.Duration) Option { return func(o *options) { o.loadTimeout = d } }
 
-// Tags attaches tags to the value: InvalidateTags of any of them makes it a
-// miss everywhere. Reads of a tagged key must pass the same tags (they are
-// part of what makes the value valid); order and duplicates do not matter.
+// Tags attaches tags to the value written (by a load, Set or Fill):
+// InvalidateTags of any of them makes it a miss everywhere. The value
+// records its tags, so reads need not repeat them.
 func Tags(tags ...string) Option {
 	return func(o *options) { o.tags = append(o.tags, tags...) }
 }

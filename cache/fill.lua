@@ -6,7 +6,7 @@
 -- KEYS[2] the lease key  <prefix>cache:{<ns>/<key>}:lease
 -- ARGV[1] token, or '' to write unconditionally (Set; ends any lease)
 -- ARGV[2] kind: 'v' (value) or 'n' (not found)
--- ARGV[3] tag versions the value was loaded under ('' untagged)
+-- ARGV[3] tags: "tagkey version,..." as the load began ('' untagged)
 -- ARGV[4] soft ttl in ms (the value is fresh until then)
 -- ARGV[5] hard ttl in ms (>= soft: the stale window ends; the key's PX)
 -- ARGV[6] how long the load took, in ms (XFetch's delta)

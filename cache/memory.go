@@ -76,11 +76,11 @@ func (b *memoryBackend) read(_ context.Context, k rkey, _ bool) (*entry, bool, e
 	return b.live(k.value, now), leased, nil
 }
 
-func (b *memoryBackend) acquire(_ context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error) {
+func (b *memoryBackend) acquire(_ context.Context, k rkey, token, refresh string, leaseTTL time.Duration) (acquireResult, error) {
 	now := b.store.now()
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if e := b.live(k.value, now); e != nil && refresh != forceRefresh && e.versions == versions &&
+	if e := b.live(k.value, now); e != nil && refresh != forceRefresh &&
 		(refresh == "" || strconv.FormatInt(e.cachedAt.UnixMilli(), 10) != refresh) {
 		return acquireResult{e: e}, nil
 	}
@@ -104,7 +104,7 @@ func (b *memoryBackend) fill(_ context.Context, k rkey, a fillArgs) (time.Time, 
 	delete(b.leases, k.value)
 	b.entries[k.value] = &entry{
 		negative: a.negative,
-		versions: a.versions,
+		tagspec:  a.tagspec,
 		cachedAt: now,
 		softAt:   now.Add(msTrunc(a.soft)),
 		hardAt:   now.Add(msTrunc(a.hard)),

@@ -239,7 +239,7 @@ func parseEntry(raw []byte) (*entry, error) {
 	}
 	return &entry{
 		negative: raw[0] == 'n',
-		versions: string(f[0]),
+		tagspec:  string(f[0]),
 		cachedAt: time.UnixMilli(n[0]),
 		softAt:   time.UnixMilli(n[1]),
 		hardAt:   time.UnixMilli(n[2]),
@@ -256,10 +256,9 @@ func ms(d time.Duration) string {
 	return strconv.FormatInt(m, 10)
 }
 
-func (b *redisBackend) acquire(ctx context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error) {
-	r := refresh
+func (b *redisBackend) acquire(ctx context.Context, k rkey, token, refresh string, leaseTTL time.Duration) (acquireResult, error) {
 	vals, err := scriptAcquire.Exec(ctx, b.client, []string{k.value, k.lease},
-		[]string{token, ms(leaseTTL), versions, r}).ToArray()
+		[]string{token, ms(leaseTTL), refresh}).ToArray()
 	if err != nil {
 		return acquireResult{}, err
 	}
@@ -279,7 +278,7 @@ func (b *redisBackend) acquire(ctx context.Context, k rkey, token, versions, ref
 		e, perr := parseEntry(raw)
 		if perr != nil {
 			// Unreadable: take a refresh lease to overwrite it.
-			return b.acquire(ctx, k, token, versions, forceRefresh, leaseTTL)
+			return b.acquire(ctx, k, token, forceRefresh, leaseTTL)
 		}
 		return acquireResult{e: e}, nil
 	case 2:
@@ -302,7 +301,7 @@ func (b *redisBackend) fill(ctx context.Context, k rkey, a fillArgs) (time.Time,
 		kind = "n"
 	}
 	vals, err := scriptFill.Exec(ctx, b.client, []string{k.value, k.lease}, []string{
-		a.token, kind, a.versions, ms(a.soft), ms(a.hard),
+		a.token, kind, a.tagspec, ms(a.soft), ms(a.hard),
 		strconv.FormatInt(a.delta.Milliseconds(), 10), string(a.data), a.publishChannel,
 	}).ToArray()
 	if err != nil {

@@ -139,6 +139,28 @@ func TestLeaseProtocol(t *testing.T) {
 		if err := a.Fill(ctx, "k", "", "x"); !errors.Is(err, ErrInvalidArgument) {
 			t.Fatalf("empty lease: %v", err)
 		}
+		// A lease given with tags is lost when one of them moves before
+		// the Fill: the value was loaded before that change.
+		_, _, lease, _ = a.Lease(ctx, "t", 0, Tags("expert:1"))
+		if err := a.InvalidateTags(ctx, "expert:1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Fill(ctx, "t", lease, "stale", Tags("expert:1")); !errors.Is(err, ErrLeaseLost) {
+			t.Fatalf("Fill after its tag moved: %v", err)
+		}
+		_, _, lease, _ = b.Lease(ctx, "t", time.Second, Tags("expert:1"))
+		if lease == "" {
+			t.Fatal("no lease after the lost one was released")
+		}
+		if err := b.Fill(ctx, "t", lease, "fresh", Tags("expert:1")); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.InvalidateTags(ctx, "expert:1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := b.Get(ctx, "t"); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("a tagged Fill outlived its tag: %v", err)
+		}
 	})
 }
 

@@ -30,9 +30,10 @@ const (
 // entry is one stored value or not-found, as the shared level keeps it.
 type entry struct {
 	negative bool
-	// versions are the tag versions the value was loaded under, as the
-	// decimal list "v1,v2" in the order of the sorted tags ("" untagged).
-	versions string
+	// tagspec lists the value's tag keys with the versions they had when
+	// its load began: "key version,key version" ("" untagged). Tag keys
+	// hold no space, comma, '|' or newline (internal/keys).
+	tagspec string
 	cachedAt time.Time
 	// softAt is the end of the TTL: after it the value is stale; hardAt is
 	// when the shared level drops it (softAt + StaleFor).
@@ -44,7 +45,8 @@ type entry struct {
 
 // acquireResult is the outcome of backend.acquire.
 type acquireResult struct {
-	// e is a usable stored entry (versions matched, not a refresh).
+	// e is the stored entry (not the copy a refresh saw stale); its tags
+	// are for the caller to check.
 	e *entry
 	// token is set when the caller now holds the lease.
 	token string
@@ -56,7 +58,7 @@ type acquireResult struct {
 type fillArgs struct {
 	token          string // "" writes unconditionally (Set)
 	negative       bool
-	versions       string
+	tagspec        string
 	soft, hard     time.Duration
 	delta          time.Duration
 	data           []byte
@@ -84,11 +86,11 @@ type backend interface {
 	// whether a lease on k is held. In tracking mode the read subscribes
 	// this client to changes of both keys.
 	read(ctx context.Context, k rkey, tracked bool) (e *entry, leased bool, err error)
-	// acquire returns the stored entry when its versions match (for a
-	// refresh: and it is not the copy seen stale, whose cachedAt in ms is
-	// refresh; forceRefresh: never); otherwise takes the lease for
-	// leaseTTL, or reports the current holder's remaining time.
-	acquire(ctx context.Context, k rkey, token, versions, refresh string, leaseTTL time.Duration) (acquireResult, error)
+	// acquire returns the stored entry if there is one (for a refresh: if
+	// it is not the copy seen stale, whose cachedAt in ms is refresh;
+	// forceRefresh: never); otherwise takes the lease for leaseTTL, or
+	// reports the current holder's remaining time.
+	acquire(ctx context.Context, k rkey, token, refresh string, leaseTTL time.Duration) (acquireResult, error)
 	// fill writes an entry if token still holds the lease (or token is
 	// ""), removing the lease; ok false means the lease was lost.
 	fill(ctx context.Context, k rkey, a fillArgs) (cachedAt time.Time, ok bool, err error)
@@ -238,11 +240,11 @@ func (s *Store) tagKeys(tags []string) ([]string, error) {
 	return slices.Compact(out), nil
 }
 
-// currentVersions returns the versions of tagKeys as the entry format's
-// list, reading from the local table when every version is there.
-func (s *Store) currentVersions(ctx context.Context, tagKeys []string) (string, []uint64, error) {
+// currentVersions returns the versions of tagKeys, from the local table when
+// every one is there.
+func (s *Store) currentVersions(ctx context.Context, tagKeys []string) ([]uint64, error) {
 	if len(tagKeys) == 0 {
-		return "", nil, nil
+		return nil, nil
 	}
 	vs := make([]uint64, len(tagKeys))
 	all := true
@@ -254,39 +256,75 @@ func (s *Store) currentVersions(ctx context.Context, tagKeys []string) (string, 
 		}
 		vs[i] = v
 	}
-	if !all {
-		seq := s.hub.seq.Load()
-		tomb := s.tracking && s.hub.tagTombstoned(tagKeys)
-		cctx, cancel := s.ctx(ctx)
-		got, err := s.b.versions(cctx, tagKeys, s.tracking && !tomb)
-		cancel()
-		if err != nil {
-			return "", nil, s.failed("tag_versions", ctx, err)
-		}
-		vs = got
-		// Keep them locally only when no invalidation arrived meanwhile:
-		// one may have been about these keys.
-		if !tomb && s.hub.seq.Load() == seq {
-			for i, k := range tagKeys {
-				s.hub.setTagVersion(k, vs[i])
-			}
+	if all {
+		return vs, nil
+	}
+	seq := s.hub.seq.Load()
+	tomb := s.tracking && s.hub.tagTombstoned(tagKeys)
+	cctx, cancel := s.ctx(ctx)
+	got, err := s.b.versions(cctx, tagKeys, s.tracking && !tomb)
+	cancel()
+	if err != nil {
+		return nil, s.failed("tag_versions", ctx, err)
+	}
+	// Keep them locally only when no invalidation arrived meanwhile: one
+	// may have been about these keys.
+	if !tomb && s.hub.seq.Load() == seq {
+		for i, k := range tagKeys {
+			s.hub.setTagVersion(k, got[i])
 		}
 	}
-	return versionList(vs), vs, nil
+	return got, nil
 }
 
-func versionList(vs []uint64) string {
-	if len(vs) == 0 {
+// tagspec is the entry format's list of tag keys and versions.
+func tagspec(tagKeys []string, vs []uint64) string {
+	if len(tagKeys) == 0 {
 		return ""
 	}
 	var b strings.Builder
-	for i, v := range vs {
+	for i, k := range tagKeys {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(strconv.FormatUint(v, 10))
+		b.WriteString(k)
+		b.WriteByte(' ')
+		b.WriteString(strconv.FormatUint(vs[i], 10))
 	}
 	return b.String()
+}
+
+// parseTagspec is the inverse of tagspec.
+func parseTagspec(spec string) ([]string, []uint64, error) {
+	if spec == "" {
+		return nil, nil, nil
+	}
+	parts := strings.Split(spec, ",")
+	ks := make([]string, len(parts))
+	vs := make([]uint64, len(parts))
+	for i, p := range parts {
+		k, v, ok := strings.Cut(p, " ")
+		n, err := strconv.ParseUint(v, 10, 64)
+		if !ok || k == "" || err != nil {
+			return nil, nil, errors.New("cache: malformed tag list")
+		}
+		ks[i], vs[i] = k, n
+	}
+	return ks, vs, nil
+}
+
+// current reports whether e's tags still have the versions it was loaded
+// under, and returns them.
+func (s *Store) current(ctx context.Context, e *entry) (tagKeys []string, vs []uint64, ok bool, err error) {
+	tagKeys, stored, perr := parseTagspec(e.tagspec)
+	if perr != nil {
+		return nil, nil, false, nil // unreadable: stale
+	}
+	now, err := s.currentVersions(ctx, tagKeys)
+	if err != nil {
+		return nil, nil, false, err
+	}
+	return tagKeys, stored, slices.Equal(now, stored), nil
 }
 
 // InvalidateTags gives each tag a new version: every value stored under any

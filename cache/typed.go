@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"math"
 	mrand "math/rand/v2"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -359,11 +361,8 @@ func (c *Cache[T]) readShared(ctx context.Context, rk rkey, load func(context.Co
 	if err != nil {
 		return zero, Meta{}, false, err
 	}
+	_ = tks // checked: a read does not need the tags, the entry lists its own
 	seq := c.s.hub.seq.Load()
-	verStr, vers, err := c.s.currentVersions(ctx, tks)
-	if err != nil {
-		return zero, Meta{}, false, err
-	}
 	tomb := c.s.tracking && c.tombstoned(rk)
 	cctx, cancel := c.s.ctx(ctx)
 	e, _, err := c.s.b.read(cctx, rk, c.s.tracking && !tomb)
@@ -372,8 +371,15 @@ func (c *Cache[T]) readShared(ctx context.Context, rk rkey, load func(context.Co
 		return zero, Meta{}, false, c.s.failed("read", ctx, err)
 	}
 	now := c.s.now()
-	if e == nil || e.versions != verStr || !now.Before(e.hardAt) {
+	if e == nil || !now.Before(e.hardAt) {
 		return zero, Meta{}, false, nil
+	}
+	eTags, vers, ok, err := c.s.current(ctx, e)
+	if err != nil {
+		return zero, Meta{}, false, err
+	}
+	if !ok {
+		return zero, Meta{}, false, nil // a tag moved since its load
 	}
 	stale := !now.Before(e.softAt)
 	if stale && load == nil {
@@ -389,7 +395,7 @@ func (c *Cache[T]) readShared(ctx context.Context, rk rkey, load func(context.Co
 	}
 	m := Meta{CachedAt: e.cachedAt, ExpiresAt: e.hardAt, Source: SourceRedis, Stale: stale}
 	if !tomb && (c.s.tracking || c.s.memory || c.s.subscribed()) {
-		c.storeLocal(rk, e, v, tks, vers, o, seq)
+		c.storeLocal(rk, e, v, eTags, vers, o, seq)
 	}
 	if load != nil {
 		if stale || (o.beta > 0 && xfetch(now, e.softAt, e.delta, o.beta)) {
@@ -507,16 +513,19 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 	}
 	tks, _ := c.s.tagKeys(o.tags) // checked by the caller
 	deadline := time.Now().Add(2 * o.loadTimeout)
-	lost := 0
+	lost, refresh := 0, ""
 	for {
-		verStr, _, err := c.s.currentVersions(ctx, tks)
+		// The versions of this load's tags, read before the load, go
+		// with its value: a bump during the load makes the value stale.
+		vers, err := c.s.currentVersions(ctx, tks)
 		if err != nil {
 			return c.loadUncached(ctx, load, o, true)
 		}
+		spec := tagspec(tks, vers)
 		woken, stop := c.s.hub.wait(rk.value)
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, "", o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, refresh, o.loadTimeout)
 		cancel()
 		if err != nil {
 			stop()
@@ -526,21 +535,31 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 		switch {
 		case r.e != nil:
 			stop()
+			_, _, current, err := c.s.current(ctx, r.e)
+			if err != nil {
+				return c.loadUncached(ctx, load, o, true)
+			}
+			if !current {
+				// Stored before one of its tags moved: replace exactly
+				// this copy (unless someone already did).
+				refresh = strconv.FormatInt(r.e.cachedAt.UnixMilli(), 10)
+				if lost++; lost > maxLeaseLost {
+					return c.loadUncached(ctx, load, o, false)
+				}
+				continue
+			}
 			if v, m, err, ok := c.decodeEntry(r.e); ok {
 				return v, m, err
 			}
-			// Undecodable: load and overwrite it under a refresh lease.
-			token = newToken()
-			cctx, cancel := c.s.ctx(ctx)
-			r, err = c.s.b.acquire(cctx, rk, token, verStr, forceRefresh, o.loadTimeout)
-			cancel()
-			if err != nil || r.token == "" {
-				return c.loadUncached(ctx, load, o, err != nil)
+			refresh = forceRefresh // undecodable: load and overwrite it
+			if lost++; lost > maxLeaseLost {
+				return c.loadUncached(ctx, load, o, false)
 			}
-			fallthrough
+			continue
 		case r.token != "":
 			stop()
-			v, m, err, again := c.loadAndFill(ctx, rk, cl, token, verStr, load, o)
+			refresh = ""
+			v, m, err, again := c.loadAndFill(ctx, rk, cl, token, spec, load, o)
 			if !again {
 				return v, m, err
 			}
@@ -556,10 +575,12 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 				cctx, cancel := c.s.ctx(ctx)
 				e, leased, err := c.s.b.read(cctx, rk, true)
 				cancel()
-				if err == nil && e != nil && e.versions == verStr && c.s.now().Before(e.hardAt) {
-					stop()
-					if v, m, err, ok := c.decodeEntry(e); ok {
-						return v, m, err
+				if err == nil && e != nil && c.s.now().Before(e.hardAt) {
+					if _, _, current, cerr := c.s.current(ctx, e); cerr == nil && current {
+						if v, m, err, ok := c.decodeEntry(e); ok {
+							stop()
+							return v, m, err
+						}
 					}
 				}
 				if err == nil && !leased {
@@ -603,7 +624,7 @@ func (c *Cache[T]) decodeEntry(e *entry) (T, Meta, error, bool) {
 
 // loadAndFill runs the loader under the lease and writes the value back if
 // the lease still holds. again: the lease was lost, load afresh.
-func (c *Cache[T]) loadAndFill(ctx context.Context, rk rkey, cl *call[T], token, verStr string, load func(context.Context) (T, error), o options) (T, Meta, error, bool) {
+func (c *Cache[T]) loadAndFill(ctx context.Context, rk rkey, cl *call[T], token, spec string, load func(context.Context) (T, error), o options) (T, Meta, error, bool) {
 	var zero T
 	start := time.Now()
 	lctx, cancel := context.WithTimeout(ctx, o.loadTimeout)
@@ -616,7 +637,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk rkey, cl *call[T], token,
 		c.releaseLease(ctx, rk, token)
 		return zero, Meta{}, err, false
 	}
-	fa := fillArgs{token: token, versions: verStr, delta: delta, publishChannel: c.s.pubChannel()}
+	fa := fillArgs{token: token, tagspec: spec, delta: delta, publishChannel: c.s.pubChannel()}
 	if notFound {
 		fa.negative = true
 		fa.soft, fa.hard = o.negTTL, o.negTTL
@@ -689,13 +710,13 @@ func (c *Cache[T]) refresh(rk rkey, seen time.Time, load func(context.Context) (
 		defer c.refreshing.Delete(rk.value)
 		ctx := context.Background()
 		tks, _ := c.s.tagKeys(o.tags)
-		verStr, _, err := c.s.currentVersions(ctx, tks)
+		vers, err := c.s.currentVersions(ctx, tks)
 		if err != nil {
 			return
 		}
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, strconv.FormatInt(seen.UnixMilli(), 10), o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, strconv.FormatInt(seen.UnixMilli(), 10), o.loadTimeout)
 		cancel()
 		if err != nil {
 			_ = c.s.failed("refresh", ctx, err)
@@ -705,7 +726,7 @@ func (c *Cache[T]) refresh(rk rkey, seen time.Time, load func(context.Context) (
 			return // another instance refreshes
 		}
 		c.s.metrics.op("refresh", "started")
-		_, _, _, _ = c.loadAndFill(ctx, rk, nil, token, verStr, load, o)
+		_, _, _, _ = c.loadAndFill(ctx, rk, nil, token, tagspec(tks, vers), load, o)
 	}()
 }
 
@@ -763,7 +784,7 @@ func (c *Cache[T]) fill(ctx context.Context, key, token string, v T, opts []Opti
 	if c.s.cfgErr != nil {
 		return c.s.cfgErr
 	}
-	verStr, _, err := c.s.currentVersions(ctx, tks)
+	vers, err := c.s.currentVersions(ctx, tks)
 	if err != nil {
 		return err
 	}
@@ -771,12 +792,31 @@ func (c *Cache[T]) fill(ctx context.Context, key, token string, v T, opts []Opti
 	op := "set"
 	if token != "" {
 		op = "fill"
+		// A lease given with tags carries their versions then: the value
+		// was loaded under those, and a tag that moved since means the
+		// value may be stale — the lease is lost, as after Invalidate.
+		var leased []uint64
+		var withTags bool
+		token, leased, withTags, err = splitLease(token)
+		if err != nil {
+			return err
+		}
+		if withTags {
+			if len(leased) != len(tks) {
+				return fmt.Errorf("%w: the tags differ from the ones the lease was given with", ErrInvalidArgument)
+			}
+			if !slices.Equal(leased, vers) {
+				c.releaseLease(ctx, rk, token)
+				c.s.metrics.op(op, "lease_lost")
+				return ErrLeaseLost
+			}
+		}
 	}
 	c.forget(rk)
 	soft := jittered(o.ttl, o.jitter)
 	cctx, cancel := c.s.ctx(context.WithoutCancel(ctx))
 	_, ok, err := c.s.b.fill(cctx, rk, fillArgs{
-		token: token, versions: verStr, soft: soft, hard: soft + o.stale,
+		token: token, tagspec: tagspec(tks, vers), soft: soft, hard: soft + o.stale,
 		data: data, publishChannel: c.s.pubChannel(),
 	})
 	cancel()
@@ -863,12 +903,50 @@ func (c *Cache[T]) InvalidateTags(ctx context.Context, tags ...string) error {
 	return c.s.InvalidateTags(ctx, tags...)
 }
 
+// A lease given with tags is "<token>.<v1>-<v2>...": the token and the tags'
+// versions when it was given (tokens are base64url, so hold no '.').
+func joinLease(token string, vs []uint64) string {
+	var b strings.Builder
+	b.WriteString(token)
+	b.WriteByte('.')
+	for i, v := range vs {
+		if i > 0 {
+			b.WriteByte('-')
+		}
+		b.WriteString(strconv.FormatUint(v, 10))
+	}
+	return b.String()
+}
+
+func splitLease(lease string) (token string, vs []uint64, withTags bool, err error) {
+	token, rest, withTags := strings.Cut(lease, ".")
+	if token == "" {
+		return "", nil, false, fmt.Errorf("%w: malformed lease", ErrInvalidArgument)
+	}
+	if !withTags {
+		return token, nil, false, nil
+	}
+	for _, p := range strings.Split(rest, "-") {
+		v, perr := strconv.ParseUint(p, 10, 64)
+		if perr != nil {
+			return "", nil, false, fmt.Errorf("%w: malformed lease", ErrInvalidArgument)
+		}
+		vs = append(vs, v)
+	}
+	return token, vs, true, nil
+}
+
 // Lease is the lease protocol of GetOrLoad for callers that load elsewhere
 // (the HTTP API's TypeScript clients). On a hit it returns the value. On a
 // miss it returns an error wrapping ErrNotFound, with a lease when this caller
 // must load (then Fill with it); when another caller holds the lease it first
 // waits up to wait for that caller's value, and returns a fresh lease if the
 // holder gave up, or none if wait ran out.
+//
+// Pass the value's Tags to Lease as well as to Fill: the lease then carries
+// the tags' versions from before the load, and a Fill after one of them
+// moved gets ErrLeaseLost, as after an Invalidate. (Without them, Fill takes
+// the versions current at the Fill.)
 func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, opts ...Option) (T, Meta, string, error) {
 	var zero T
 	if err := checkKey(key); err != nil {
@@ -887,15 +965,16 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 	}
 	rk := c.rk(key)
 	deadline := time.Now().Add(wait)
+	refresh := ""
 	for {
-		verStr, _, err := c.s.currentVersions(ctx, tks)
+		vers, err := c.s.currentVersions(ctx, tks)
 		if err != nil {
 			return zero, Meta{}, "", err
 		}
 		woken, stop := c.s.hub.wait(rk.value)
 		token := newToken()
 		cctx, cancel := c.s.ctx(ctx)
-		r, err := c.s.b.acquire(cctx, rk, token, verStr, "", o.loadTimeout)
+		r, err := c.s.b.acquire(cctx, rk, token, refresh, o.loadTimeout)
 		cancel()
 		if err != nil {
 			stop()
@@ -903,11 +982,22 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 		}
 		if r.e != nil {
 			stop()
+			_, _, current, err := c.s.current(ctx, r.e)
+			if err != nil {
+				return zero, Meta{}, "", err
+			}
+			if !current { // a tag moved: lease to replace this copy
+				refresh = strconv.FormatInt(r.e.cachedAt.UnixMilli(), 10)
+				continue
+			}
 			v, m, err, ok := c.decodeEntry(r.e)
 			if ok {
 				return v, m, "", err
 			}
 			return zero, Meta{}, "", fmt.Errorf("%w: stored value cannot be decoded", ErrCodec)
+		}
+		if r.token != "" && len(tks) > 0 {
+			token = joinLease(r.token, vers)
 		}
 		if r.token != "" {
 			stop()
