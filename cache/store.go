@@ -33,7 +33,7 @@ type entry struct {
 	// tagspec lists the value's tag keys with the versions they had when
 	// its load began: "key version,key version" ("" untagged). Tag keys
 	// hold no space, comma, '|' or newline (internal/keys).
-	tagspec string
+	tagspec  string
 	cachedAt time.Time
 	// softAt is the end of the TTL: after it the value is stale; hardAt is
 	// when the shared level drops it (softAt + StaleFor).
