@@ -221,13 +221,18 @@ func (s *Store) failed(op string, parent context.Context, err error) error {
 	return fmt.Errorf("%w: %s: %w", ErrBackend, op, err)
 }
 
-// tagState resolves tags to their sorted, deduplicated keys.
+// tagKeys resolves the tags of one value to their sorted, deduplicated keys.
 func (s *Store) tagKeys(tags []string) ([]string, error) {
+	if len(tags) > MaxTags {
+		return nil, fmt.Errorf("%w: %d tags on one value (max %d)", ErrInvalidArgument, len(tags), MaxTags)
+	}
+	return s.tagKeysAny(tags)
+}
+
+// tagKeysAny is tagKeys without the per-value limit (InvalidateTags).
+func (s *Store) tagKeysAny(tags []string) ([]string, error) {
 	if len(tags) == 0 {
 		return nil, nil
-	}
-	if len(tags) > MaxTags {
-		return nil, fmt.Errorf("%w: %d tags (max %d)", ErrInvalidArgument, len(tags), MaxTags)
 	}
 	out := make([]string, 0, len(tags))
 	for _, t := range tags {
@@ -339,7 +344,7 @@ func (s *Store) InvalidateTags(ctx context.Context, tags ...string) error {
 	if len(tags) == 0 {
 		return nil
 	}
-	tks, err := s.tagKeys(tags)
+	tks, err := s.tagKeysAny(tags)
 	if err != nil {
 		return err
 	}
