@@ -4,7 +4,7 @@
 GO ?= go
 STATICCHECK_VERSION ?= v0.8.2
 
-.PHONY: run test deps-test lint staticcheck fmt-check bench fuzz
+.PHONY: run example test deps-test lint staticcheck fmt-check bench fuzz
 
 ## run: serve the HTTP API on 127.0.0.1:8080 with the in-process memory backend
 run:
@@ -18,6 +18,11 @@ test: deps-test
 
 deps-test:
 	@./scripts/ensure-test-deps.sh
+
+## example: the PostgreSQL query cache example on 127.0.0.1:8081, on a throwaway PostgreSQL
+## (installed with the test dependencies when missing); see examples/pgcache/README.md
+example: deps-test
+	$(GO) run ./examples/pgcache -dev
 
 ## lint: gofmt, go vet and staticcheck
 lint: fmt-check staticcheck
@@ -39,6 +44,7 @@ FUZZ_TARGETS = \
 	./internal/keys:FuzzKey \
 	./internal/seal:FuzzOpen \
 	./ratelimit:FuzzClientIP \
+	./cache:FuzzParseEntry ./cache:FuzzTagspec ./cache:FuzzLease \
 	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
 	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
 	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency

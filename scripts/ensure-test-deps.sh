@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine: redis-server
-# (the tests start their own standalone server and a 3-node cluster from it).
+# (the tests start their own standalone server and a 3-node cluster from it)
+# and postgresql (internal/pgtest starts throwaway servers from its binaries
+# for examples/pgcache).
 # Only installs when something is missing and we are root; otherwise it says
 # what to install and lets the tests fail with the same hint.
 set -euo pipefail
 
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# Debian keeps the PostgreSQL server binaries off PATH, in
+# /usr/lib/postgresql/NN/bin; internal/pgtest looks there first, then on PATH.
+if ! compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && ! command -v postgres >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
 
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
