@@ -59,4 +59,3 @@ func FuzzLease(f *testing.F) {
 		}
 	})
 }
-

@@ -62,7 +62,6 @@ type fillArgs struct {
 	soft, hard     time.Duration
 	delta          time.Duration
 	data           []byte
-	cancelRefresh  bool
 	publishChannel string
 }
 
