@@ -42,9 +42,11 @@ type Locker interface {
 	// new expiry. When the lock has expired or is held by another owner it
 	// returns ErrLost and changes nothing: it never re-acquires.
 	Refresh(ctx context.Context, name, token string, ttl time.Duration) (time.Time, error)
-	// Release frees the lock held with token (compare-and-delete). It returns
-	// ErrLost, deleting nothing, when the lock expired or is held by another
-	// owner. It runs even when ctx is already cancelled (under its own
+	// Release frees the lock held with token (compare-and-delete), or, when
+	// a caller of the same Locker waits for it, hands it straight to that
+	// caller in the same step (docs/locks.md, "Local direct hand-off"). It
+	// returns ErrLost, changing nothing, when the lock expired or is held by
+	// another owner. It runs even when ctx is already cancelled (under its own
 	// Config.Timeout), so a deferred release is never skipped.
 	Release(ctx context.Context, name, token string) error
 }
@@ -238,6 +240,7 @@ func (le *Lease) Lost() <-chan struct{} {
 func (le *Lease) markLost() {
 	le.lostOnce.Do(func() {
 		close(le.lost)
+		le.l.queue.clearHolder(le.Name, le.Token)
 		le.l.m.lostInc(le.l.b.kind())
 	})
 }

@@ -34,7 +34,19 @@ type backend interface {
 	// releases are notified at all; when false, the locker wakes its own
 	// waiters on its own releases.
 	watch(ctx context.Context, name string) (unwatch func())
+	// watchIfReady is watch when notifications of name already flow to
+	// this locker, without waiting: ok false (and nothing to undo) otherwise.
+	watchIfReady(name string) (unwatch func(), ok bool)
+	// notifyReady reports whether releases of name are being notified to
+	// this locker now.
+	notifyReady(name string) bool
 	notifies() bool
+	// handoff releases the lock held with token and, in the same atomic
+	// step, takes it for newToken with ttl and a new fence (as acquire
+	// would), without notifying anyone. It returns ErrLost, changing
+	// nothing, when token does not hold the lock. On a backend error it
+	// releases newToken's lock in the background, should the step have run.
+	handoff(ctx context.Context, name, token, newToken string, ttl time.Duration) (fence uint64, err error)
 }
 
 // locker implements Locker on top of a backend.
@@ -48,24 +60,41 @@ type locker struct {
 	queue  *waitQueue
 	// retryFor is how long a waiting Acquire retries backend errors.
 	retryFor time.Duration
+	// handoffCap is the number of consecutive local direct hand-offs of a
+	// name, after which a release frees the lock for every instance's
+	// waiters; 0 disables hand-offs.
+	handoffCap int
 	// testWaiting, when set by a test, is called each time a waiter is about
 	// to block.
 	testWaiting func(name string)
+	// testAcquired, when set by a test, is called after each acquire that
+	// took the lock (not after a hand-off).
+	testAcquired func(name string)
+	// testHandedOff, when set by a test, is called after a hand-off script
+	// succeeded and before the lease is delivered to the waiter.
+	testHandedOff func(name string)
 }
+
+// defaultHandoffCap is the default of locker.handoffCap: at most 8 local
+// hand-offs in a row, then one release open to all (docs/locks.md).
+const defaultHandoffCap = 8
 
 var _ Locker = (*locker)(nil)
 
 func newLocker(b backend, m *metrics, cfgErr error, retryFor time.Duration) *locker {
-	return &locker{b: b, m: m, cfgErr: cfgErr, queue: newWaitQueue(), retryFor: retryFor}
+	return &locker{b: b, m: m, cfgErr: cfgErr, queue: newWaitQueue(), retryFor: retryFor, handoffCap: defaultHandoffCap}
 }
 
 // Poll schedule of a waiter: the first poll after pollMin, doubling up to
 // pollMax, each delay drawn uniformly from [d/2, d) so that waiters of many
 // instances do not poll in step. With notifications the poll only covers a
 // lost notification; without, it is how a waiter finds the lock free.
+// While the Locker's subscription to the lock's release notifications is up,
+// the poll starts at pollNotified instead.
 const (
-	pollMin = 10 * time.Millisecond
-	pollMax = 500 * time.Millisecond
+	pollMin      = 10 * time.Millisecond
+	pollNotified = 100 * time.Millisecond
+	pollMax      = 500 * time.Millisecond
 )
 
 // newToken returns 128 random bits, base64url without padding (22 bytes).
@@ -113,22 +142,51 @@ func (l *locker) acquire(ctx context.Context, name string, ttl, wait time.Durati
 		return nil, fmt.Errorf("lock: acquire: %w", err)
 	}
 	token := newToken()
-	lease, _, err := l.try(ctx, name, token, ttl)
-	if lease != nil || (err != nil && (wait <= 0 || !errors.Is(err, ErrBackend))) {
+	if wait <= 0 {
+		lease, _, err := l.try(ctx, name, token, ttl)
+		if lease == nil && err == nil {
+			err = ErrHeld
+		}
 		return lease, err
 	}
-	if wait <= 0 {
-		return nil, ErrHeld
-	}
 
-	// Waiting. Join the queue and subscribe before the next try, so that a
-	// release after that try cannot go unnoticed.
+	// Waiting. Join the queue before the first try, so that a local release
+	// from then on hands the lock over or wakes this call. When release
+	// notifications of name already flow to this Locker (another of its
+	// callers waits for name), join them before the first try too: then no
+	// release after that try goes unnoticed, and one try suffices before
+	// blocking. Otherwise subscribe only once the first try found the lock
+	// held (an uncontended Acquire never subscribes), and try again.
 	deadline := time.Now().Add(wait)
-	w := l.queue.join(name)
-	defer l.queue.leave(name, w)
-	wctx, cancel := context.WithDeadline(ctx, deadline)
-	unwatch := l.b.watch(wctx, name)
-	cancel()
+	w := l.queue.joinGrant(ctx, name, ttl, deadline)
+	defer l.leave(name, w)
+	unwatch, watching := l.b.watchIfReady(name)
+	var (
+		lease   *Lease
+		heldFor time.Duration
+		err     error
+	)
+	skipped := false
+	if left := l.queue.heldHere(name, l.b.now()); left > 0 && (watching || !l.b.notifies()) {
+		// This Locker holds name: its release will hand the lock to this
+		// call or wake it, so a try now would only find the lock held.
+		// Wait for that, or for the lease's expiry.
+		heldFor, skipped = left, true
+	} else {
+		lease, heldFor, err = l.try(ctx, name, token, ttl)
+		if lease != nil || (err != nil && !errors.Is(err, ErrBackend)) {
+			if unwatch != nil {
+				unwatch()
+			}
+			return lease, err
+		}
+	}
+	skipTry := err == nil && (watching || skipped)
+	if !watching {
+		wctx, cancel := context.WithDeadline(ctx, deadline)
+		unwatch = l.b.watch(wctx, name)
+		cancel()
+	}
 	defer unwatch()
 
 	backoff := pollMin
@@ -137,13 +195,16 @@ func (l *locker) acquire(ctx context.Context, name string, ttl, wait time.Durati
 		failingSince = time.Now()
 	}
 	for {
-		var heldFor time.Duration
 		if err != nil {
 			// The failed try may have taken the lock with its reply lost;
 			// the backend abandons that token, so never reuse it.
 			token = newToken()
 		}
-		lease, heldFor, err = l.try(ctx, name, token, ttl)
+		if skipTry {
+			skipTry = false
+		} else {
+			lease, heldFor, err = l.try(ctx, name, token, ttl)
+		}
 		switch {
 		case lease != nil:
 			return lease, nil
@@ -168,6 +229,11 @@ func (l *locker) acquire(ctx context.Context, name string, ttl, wait time.Durati
 			}
 			return nil, ErrHeld
 		}
+		if err == nil && backoff < pollNotified && l.b.notifyReady(name) {
+			// Releases are being notified: polling only covers a lost
+			// message, which a resubscription makes up for by a wake.
+			backoff = pollNotified
+		}
 		d := backoff/2 + rand.N(backoff/2)
 		backoff = min(2*backoff, pollMax)
 		if err != nil {
@@ -182,6 +248,10 @@ func (l *locker) acquire(ctx context.Context, name string, ttl, wait time.Durati
 		}
 		t := time.NewTimer(d)
 		select {
+		case le := <-w.grant:
+			// A local release handed the lock to this waiter.
+			t.Stop()
+			return le, nil
 		case <-w.ch:
 			// A release: try now, from the shortest backoff again.
 			backoff = pollMin
@@ -205,8 +275,24 @@ func (l *locker) try(ctx context.Context, name, token string, ttl time.Duration)
 	if err != nil || !ok {
 		return nil, heldFor, err
 	}
-	exp := start.Add(ttl)
-	return &Lease{Name: name, Token: token, Fence: fence, ExpiresAt: exp, expires: exp, l: l, lost: make(chan struct{})}, 0, nil
+	if l.testAcquired != nil {
+		l.testAcquired(name)
+	}
+	return l.newLease(name, token, fence, start.Add(ttl)), 0, nil
+}
+
+func (l *locker) newLease(name, token string, fence uint64, exp time.Time) *Lease {
+	le := &Lease{Name: name, Token: token, Fence: fence, ExpiresAt: exp, expires: exp, l: l, lost: make(chan struct{})}
+	l.queue.setHolder(le, l.b.now())
+	return le
+}
+
+// leave takes w out of the wait queue. A lease handed off to w after it
+// stopped waiting is released at once: nobody would release it otherwise.
+func (l *locker) leave(name string, w *waiter) {
+	if le := l.queue.leave(name, w); le != nil {
+		_ = l.freeLock(context.Background(), name, le.Token)
+	}
 }
 
 // Inspect reports the lock's state without its token.
@@ -278,7 +364,43 @@ func (l *locker) release(ctx context.Context, name, token string) error {
 	}
 	// A release is owed whatever the caller's ctx says: without it the next
 	// holder waits for the TTL. The backend bounds it with its own timeout.
-	if err := l.b.release(context.WithoutCancel(ctx), name, token); err != nil {
+	ctx = context.WithoutCancel(ctx)
+	// Forget the lease as this Locker's holder first: a waiter arriving
+	// from now on tries, rather than counting on this release to reach it.
+	l.queue.clearHolder(name, token)
+	if w := l.queue.claim(name, l.handoffCap); w != nil {
+		// Local direct hand-off: one round trip gives the lock to this
+		// Locker's oldest waiter (docs/locks.md).
+		newTok := newToken()
+		start := l.b.now()
+		fence, err := l.b.handoff(ctx, name, token, newTok, w.ttl)
+		if err != nil {
+			l.queue.deliver(name, w, nil)
+			return err
+		}
+		if l.testHandedOff != nil {
+			l.testHandedOff(name)
+		}
+		if !l.queue.deliver(name, w, l.newLease(name, newTok, fence, start.Add(w.ttl))) {
+			// The waiter gave up meanwhile: free the lock at once. Our
+			// own release succeeded either way.
+			_ = l.freeLock(ctx, name, newTok)
+		}
+		return nil
+	}
+	return l.freeLock(ctx, name, token)
+}
+
+// freeLock releases the lock for everyone: notifies every instance's waiters
+// and restarts the name's count of consecutive hand-offs.
+func (l *locker) freeLock(ctx context.Context, name, token string) error {
+	l.queue.clearHolder(name, token)
+	err := l.b.release(ctx, name, token)
+	if err != nil && !errors.Is(err, ErrLost) {
+		return err
+	}
+	l.queue.released(name)
+	if err != nil {
 		return err
 	}
 	if !l.b.notifies() {

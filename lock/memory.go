@@ -9,8 +9,8 @@ import (
 // The memory backend keeps locks in process memory, with the same semantics
 // as Redis: expiry on its clock (Config.Now), the same fence rule
 // (max(previous + 1, now in µs), the previous fence remembered for the lock's
-// ttl + 24h), and in-process wake-ups for waiters. It is not shared between
-// processes and not durable.
+// ttl + 24h), and in-process wake-ups and hand-offs for waiters. It is not
+// shared between processes and not durable.
 //
 // Expired records are reclaimed when the map grows: an insert that takes it
 // past its sweep threshold removes every record whose fence memory has
@@ -49,6 +49,8 @@ func (b *memBackend) kind() string                         { return "memory" }
 func (b *memBackend) now() time.Time                       { return b.clock() }
 func (b *memBackend) notifies() bool                       { return false }
 func (b *memBackend) watch(context.Context, string) func() { return func() {} }
+func (b *memBackend) watchIfReady(string) (func(), bool)   { return nil, false }
+func (b *memBackend) notifyReady(string) bool              { return false }
 
 // held reports whether e is held at now.
 func (e *memLock) held(now time.Time) bool {
@@ -68,13 +70,21 @@ func (b *memBackend) acquire(_ context.Context, name, token string, ttl time.Dur
 		e = &memLock{}
 		b.locks[name] = e
 	}
+	fence := e.take(now, token, ttl)
+	return fence, true, 0, nil
+}
+
+// take gives e to token for ttl from now and returns its new fence, by
+// acquire.lua's rule: max(previous + 1, now in µs), the previous fence
+// remembered for ttl + fenceGrace after the lock's last acquire or refresh.
+func (e *memLock) take(now time.Time, token string, ttl time.Duration) uint64 {
 	prev := e.fence
 	if !now.Before(e.fenceExpires) {
 		prev = 0 // forgotten, as the Redis fence key expires
 	}
 	fence := max(prev+1, uint64(max(now.UnixMicro(), 0)))
 	*e = memLock{token: token, expires: now.Add(ttl), fence: fence, fenceExpires: now.Add(ttl + fenceGrace)}
-	return fence, true, 0, nil
+	return fence
 }
 
 // sweep removes the records whose fence memory has expired when the map has
@@ -114,6 +124,18 @@ func (b *memBackend) release(_ context.Context, name, token string) error {
 	}
 	e.token, e.expires = "", time.Time{}
 	return nil
+}
+
+func (b *memBackend) handoff(_ context.Context, name, token, newToken string, ttl time.Duration) (uint64, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.clock()
+	e := b.locks[name]
+	if !e.held(now) || e.token != token {
+		return 0, ErrLost
+	}
+	fence := e.take(now, newToken, ttl)
+	return fence, nil
 }
 
 func (b *memBackend) inspect(_ context.Context, name string) (Info, error) {

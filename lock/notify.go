@@ -91,6 +91,32 @@ func (n *notifier) join(channel, name string) (ready <-chan struct{}, leave func
 	return s.ready, func() { once.Do(func() { n.leave(s) }) }
 }
 
+// joinIfReady is join when channel's subscription is confirmed already;
+// otherwise it does nothing and reports false.
+func (n *notifier) joinIfReady(channel string) (leave func(), ok bool) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.subs[channel]
+	if s == nil || !s.readyDone {
+		return nil, false
+	}
+	s.refs++
+	if s.lingerTime != nil {
+		s.lingerTime.Stop()
+		s.lingerTime = nil
+	}
+	var once sync.Once
+	return func() { once.Do(func() { n.leave(s) }) }, true
+}
+
+// ready reports whether channel's subscription is confirmed.
+func (n *notifier) ready(channel string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	s := n.subs[channel]
+	return s != nil && s.readyDone
+}
+
 func (n *notifier) leave(s *subscription) {
 	n.mu.Lock()
 	defer n.mu.Unlock()

@@ -3,6 +3,7 @@ package lock
 import (
 	"context"
 	_ "embed"
+	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
@@ -24,11 +25,14 @@ var (
 	luaRelease string
 	//go:embed inspect.lua
 	luaInspect string
+	//go:embed handoff.lua
+	luaHandoff string
 
 	acquireScript = rueidis.NewLuaScript(luaAcquire)
 	refreshScript = rueidis.NewLuaScript(luaRefresh)
 	releaseScript = rueidis.NewLuaScript(luaRelease)
 	inspectScript = rueidis.NewLuaScript(luaInspect)
+	handoffScript = rueidis.NewLuaScript(luaHandoff)
 )
 
 // keyCapability is the capability segment of every lock key.
@@ -92,10 +96,27 @@ func (r *redisBackend) kind() string   { return "redis" }
 func (r *redisBackend) now() time.Time { return time.Now() }
 func (r *redisBackend) notifies() bool { return r.notify != nil }
 
-// keysOf returns name's lock key, fence key and release channel.
+// lockKeys returns name's lock key and fence key. The fence key and the
+// release channel are the lock key plus a constant part, which is what
+// keys.Builder.RawKey would build (the parts are key-safe, so Escape leaves
+// them as they are); building them by concatenation spares an escape of the
+// name per key on every call.
+func (r *redisBackend) lockKeys(name string) (lockKey, fenceKey string) {
+	lk := r.keys.RawKey(keyCapability, r.keys.ID(name))
+	return lk, lk + ":fence"
+}
+
+// keysOf returns all three names of name's lock: its lock key, fence key and
+// release channel.
 func (r *redisBackend) keysOf(name string) (lockKey, fenceKey, channel string) {
-	id := r.keys.ID(name)
-	return r.keys.RawKey(keyCapability, id), r.keys.RawKey(keyCapability, id, "fence"), r.keys.RawKey(keyCapability, id, "released")
+	lk, fk := r.lockKeys(name)
+	return lk, fk, lk + ":released"
+}
+
+// releaseKeys returns name's lock key and release channel.
+func (r *redisBackend) releaseKeys(name string) (lockKey, channel string) {
+	lk := r.keys.RawKey(keyCapability, r.keys.ID(name))
+	return lk, lk + ":released"
 }
 
 // ms formats d in whole milliseconds, rounded up: a lock never lives shorter
@@ -122,37 +143,15 @@ func (r *redisBackend) call(ctx context.Context, op string, fn func(ctx context.
 }
 
 func (r *redisBackend) acquire(ctx context.Context, name, token string, ttl time.Duration) (uint64, bool, time.Duration, error) {
-	lk, fk, _ := r.keysOf(name)
-	var (
-		ok      bool
-		fence   uint64
-		heldFor time.Duration
-	)
+	lk, fk := r.lockKeys(name)
+	var n int64
 	err := r.call(ctx, "acquire", func(ctx context.Context) error {
-		vals, err := acquireScript.Exec(ctx, r.client, []string{lk, fk}, []string{token, ms(ttl), ms(ttl + fenceGrace)}).ToArray()
-		if err != nil {
-			return err
+		var err error
+		n, err = acquireScript.Exec(ctx, r.client, []string{lk, fk}, []string{token, ms(ttl), ms(ttl + fenceGrace)}).AsInt64()
+		if err == nil && n == 0 {
+			err = errors.New("acquire script returned 0, want a fence or a negative pttl")
 		}
-		if len(vals) != 3 {
-			return fmt.Errorf("acquire script returned %d values, want 3", len(vals))
-		}
-		n, err := vals[0].AsInt64()
-		if err != nil {
-			return err
-		}
-		s, err := vals[1].ToString()
-		if err != nil {
-			return err
-		}
-		if fence, err = strconv.ParseUint(s, 10, 64); err != nil {
-			return err
-		}
-		pttl, err := vals[2].AsInt64()
-		if err != nil {
-			return err
-		}
-		ok, heldFor = n == 1, time.Duration(max(pttl, 0))*time.Millisecond
-		return nil
+		return err
 	})
 	if err != nil {
 		// The script may have run with its reply lost: release what this
@@ -161,7 +160,11 @@ func (r *redisBackend) acquire(ctx context.Context, name, token string, ttl time
 		go r.abandon(name, token)
 		return 0, false, 0, err
 	}
-	return fence, ok, heldFor, nil
+	if n < 0 {
+		// Held: n is -1 - the holder's remaining ms.
+		return 0, false, time.Duration(-1-n) * time.Millisecond, nil
+	}
+	return uint64(n), true, 0, nil
 }
 
 // abandon releases name if token holds it, best effort.
@@ -170,7 +173,7 @@ func (r *redisBackend) abandon(name, token string) {
 }
 
 func (r *redisBackend) refresh(ctx context.Context, name, token string, ttl time.Duration) error {
-	lk, fk, _ := r.keysOf(name)
+	lk, fk := r.lockKeys(name)
 	var n int64
 	err := r.call(ctx, "refresh", func(ctx context.Context) error {
 		var err error
@@ -187,7 +190,7 @@ func (r *redisBackend) refresh(ctx context.Context, name, token string, ttl time
 }
 
 func (r *redisBackend) release(ctx context.Context, name, token string) error {
-	lk, _, ch := r.keysOf(name)
+	lk, ch := r.releaseKeys(name)
 	var n int64
 	err := r.call(ctx, "release", func(ctx context.Context) error {
 		var err error
@@ -203,8 +206,32 @@ func (r *redisBackend) release(ctx context.Context, name, token string) error {
 	return nil
 }
 
+func (r *redisBackend) handoff(ctx context.Context, name, token, newToken string, ttl time.Duration) (uint64, error) {
+	lk, fk := r.lockKeys(name)
+	var n int64
+	err := r.call(ctx, "handoff", func(ctx context.Context) error {
+		var err error
+		n, err = handoffScript.Exec(ctx, r.client, []string{lk, fk}, []string{token, newToken, ms(ttl), ms(ttl + fenceGrace)}).AsInt64()
+		if err == nil && n < 0 {
+			err = fmt.Errorf("handoff script returned %d, want a fence or 0", n)
+		}
+		return err
+	})
+	if err != nil {
+		// The script may have run with its reply lost: then newToken holds
+		// the lock and nobody knows it. Release it (and publish), so the
+		// lock is not stuck for the waiter's whole ttl.
+		go r.abandon(name, newToken)
+		return 0, err
+	}
+	if n == 0 {
+		return 0, ErrLost
+	}
+	return uint64(n), nil
+}
+
 func (r *redisBackend) inspect(ctx context.Context, name string) (Info, error) {
-	lk, fk, _ := r.keysOf(name)
+	lk, fk := r.lockKeys(name)
 	var (
 		pttl  int64
 		fence uint64
@@ -245,7 +272,7 @@ func (r *redisBackend) watch(ctx context.Context, name string) func() {
 	if r.notify == nil {
 		return func() {}
 	}
-	_, _, ch := r.keysOf(name)
+	_, ch := r.releaseKeys(name)
 	ready, unsub := r.notify.join(ch, name)
 	t := time.NewTimer(r.timeout)
 	select {
@@ -255,6 +282,22 @@ func (r *redisBackend) watch(ctx context.Context, name string) func() {
 	}
 	t.Stop()
 	return unsub
+}
+
+func (r *redisBackend) watchIfReady(name string) (func(), bool) {
+	if r.notify == nil {
+		return nil, false
+	}
+	_, ch := r.releaseKeys(name)
+	return r.notify.joinIfReady(ch)
+}
+
+func (r *redisBackend) notifyReady(name string) bool {
+	if r.notify == nil {
+		return false
+	}
+	_, ch := r.releaseKeys(name)
+	return r.notify.ready(ch)
 }
 
 // logLimiter logs backend failures at most once per logEvery, with the
