@@ -20,6 +20,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -84,12 +85,17 @@ type Config struct {
 	// Tracker is set by Open (CLIENT TRACKING coherence) unless client-side
 	// caching is off, in which case the Store uses Pub/Sub invalidation.
 	Cache cache.StoreConfig
+	// Session configures the session store. Its Prefix, KeyHashSecret,
+	// Registerer and Logger default to the fields above when empty, and
+	// its Keyring to the one EncryptionKey gives.
+	Session session.Config
 	// EncryptionKey turns on encryption at rest (AES-256-GCM) of temporary
 	// values, token data and idempotency responses: the ELEVA_ENCRYPTION_KEY
 	// format, comma-separated "kid:base64key" entries (32-byte keys), the
 	// first sealing new values and every one opening (key rotation), parsed
-	// by tempdata.ParseKeyring. "" means no encryption, unless Temp.Keyring
-	// is set; setting both is an error. A value that does not parse makes
+	// by tempdata.ParseKeyring. It also seals sessions' deviceInfo and
+	// preferences. "" means no encryption, unless Temp.Keyring (or
+	// Session.Keyring) is set; setting both is an error. A value that does not parse makes
 	// Open fail with ErrInvalidConfig, whose message never contains key
 	// material.
 	EncryptionKey string
@@ -117,6 +123,8 @@ type Eleva struct {
 	// Cache is the shared level of the query cache: build typed caches on
 	// it with cache.New.
 	Cache *cache.Store
+	// Sessions keeps login sessions.
+	Sessions session.Store
 
 	client    rueidis.Client // nil on memory
 	target    target
@@ -169,6 +177,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	cfg.inherit(&td.Prefix, &td.KeyHashSecret, &td.Registerer, &td.Logger, logger)
 	cc := cfg.Cache
 	cfg.inherit(&cc.Prefix, &cc.KeyHashSecret, &cc.Registerer, &cc.Logger, logger)
+	ss := cfg.Session
+	cfg.inherit(&ss.Prefix, &ss.KeyHashSecret, &ss.Registerer, &ss.Logger, logger)
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
@@ -178,6 +188,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		{"Lock.Prefix", lk.Prefix},
 		{"Temp.Prefix", td.Prefix},
 		{"Cache.Prefix", cc.Prefix},
+		{"Session.Prefix", ss.Prefix},
 	} {
 		if _, err := keys.New(p.prefix, nil); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, p.field, err)
@@ -187,13 +198,16 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		if td.Keyring != nil {
 			return nil, fmt.Errorf("%w: both EncryptionKey and Temp.Keyring are set; set one", ErrInvalidConfig)
 		}
+		if ss.Keyring != nil {
+			return nil, fmt.Errorf("%w: both EncryptionKey and Session.Keyring are set; set one", ErrInvalidConfig)
+		}
 		kr, err := tempdata.ParseKeyring(cfg.EncryptionKey)
 		if err != nil {
 			// ParseKeyring's errors name the entry and the key id, never
 			// the key.
 			return nil, fmt.Errorf("%w: EncryptionKey: %w", ErrInvalidConfig, err)
 		}
-		td.Keyring = kr
+		td.Keyring, ss.Keyring = kr, kr
 	}
 	keyIDs := td.Keyring.KeyIDs()
 
@@ -203,6 +217,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 			Locks:     lock.NewMemory(lk),
 			Temp:      tempdata.NewMemory(td),
 			Cache:     cache.NewMemoryStore(cc),
+			Sessions:  session.NewMemory(ss),
 			keyIDs:    keyIDs,
 		}, nil
 	}
@@ -234,6 +249,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		Locks:     lock.NewRedis(client, lk),
 		Temp:      tempdata.NewRedis(client, td),
 		Cache:     cache.NewRedisStore(client, cc),
+		Sessions:  session.NewRedis(client, ss),
 		client:    client,
 		target:    tgt,
 		cacheOff:  opt.DisableCache,

@@ -23,6 +23,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/server"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -38,7 +39,7 @@ const (
 )
 
 // capabilities are the API's capability groups, for the start-up log.
-const capabilities = "ratelimit,locks,temp,tokens,idempotency"
+const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions"
 
 // openTimeout bounds connecting to Redis at start-up.
 const openTimeout = 15 * time.Second
@@ -143,28 +144,32 @@ type config struct {
 	localInstances  int
 	lockTimeout     time.Duration
 	tempTimeout     time.Duration
+	sessionTimeout  time.Duration
+	sessionTouch    time.Duration
 	encryptionKey   string
 	shutdownTimeout time.Duration
 }
 
 // envNames maps each flag to its environment variable.
 var envNames = map[string]string{
-	"redis-url":          "ELEVA_REDIS_URL",
-	"listen":             "ELEVA_LISTEN",
-	"api-keys":           "ELEVA_API_KEYS",
-	"key-prefix":         "ELEVA_KEY_PREFIX",
-	"key-hash-secret":    "ELEVA_KEY_HASH_SECRET",
-	"policies":           "ELEVA_POLICIES_FILE",
-	"max-body-bytes":     "ELEVA_MAX_BODY_BYTES",
-	"log-level":          "ELEVA_LOG_LEVEL",
-	"log-format":         "ELEVA_LOG_FORMAT",
-	"ratelimit-timeout":  "ELEVA_RATELIMIT_TIMEOUT",
-	"ratelimit-on-error": "ELEVA_RATELIMIT_ON_ERROR",
-	"local-instances":    "ELEVA_RATELIMIT_LOCAL_INSTANCES",
-	"lock-timeout":       "ELEVA_LOCK_TIMEOUT",
-	"temp-timeout":       "ELEVA_TEMP_TIMEOUT",
-	"encryption-key":     "ELEVA_ENCRYPTION_KEY",
-	"shutdown-timeout":   "ELEVA_SHUTDOWN_TIMEOUT",
+	"redis-url":              "ELEVA_REDIS_URL",
+	"listen":                 "ELEVA_LISTEN",
+	"api-keys":               "ELEVA_API_KEYS",
+	"key-prefix":             "ELEVA_KEY_PREFIX",
+	"key-hash-secret":        "ELEVA_KEY_HASH_SECRET",
+	"policies":               "ELEVA_POLICIES_FILE",
+	"max-body-bytes":         "ELEVA_MAX_BODY_BYTES",
+	"log-level":              "ELEVA_LOG_LEVEL",
+	"log-format":             "ELEVA_LOG_FORMAT",
+	"ratelimit-timeout":      "ELEVA_RATELIMIT_TIMEOUT",
+	"ratelimit-on-error":     "ELEVA_RATELIMIT_ON_ERROR",
+	"local-instances":        "ELEVA_RATELIMIT_LOCAL_INSTANCES",
+	"lock-timeout":           "ELEVA_LOCK_TIMEOUT",
+	"temp-timeout":           "ELEVA_TEMP_TIMEOUT",
+	"session-timeout":        "ELEVA_SESSION_TIMEOUT",
+	"session-touch-interval": "ELEVA_SESSION_TOUCH_INTERVAL",
+	"encryption-key":         "ELEVA_ENCRYPTION_KEY",
+	"shutdown-timeout":       "ELEVA_SHUTDOWN_TIMEOUT",
 }
 
 // secretFlags are never echoed in error messages.
@@ -188,6 +193,8 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.IntVar(&c.localInstances, "local-instances", 1, "number of service `instances`; the local failure policy divides limits by it")
 	fs.DurationVar(&c.lockTimeout, "lock-timeout", 500*time.Millisecond, "bound of each lock backend call; past it the call fails with 503 (locks fail closed)")
 	fs.DurationVar(&c.tempTimeout, "temp-timeout", tempdata.DefaultTimeout, "bound of each temp, token and idempotency backend call; past it the call fails with 503 (fail closed)")
+	fs.DurationVar(&c.sessionTimeout, "session-timeout", session.DefaultTimeout, "bound of each session backend call; past it the call fails with 503 (sessions fail closed)")
+	fs.DurationVar(&c.sessionTouch, "session-touch-interval", session.DefaultTouchInterval, "least time between two activity writes of one session (touch); at most half a session's idle timeout is used")
 	fs.StringVar(&c.encryptionKey, "encryption-key", "", "`keys` for encryption at rest (AES-256-GCM) of temporary values, token data and idempotency\n"+
 		"responses: kid:base64(32 bytes)[,kid:base64...], the first seals, all open (rotation); none: stored unencrypted")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may take to finish after SIGTERM")
@@ -264,6 +271,12 @@ func (c config) validate() error {
 	}
 	if c.tempTimeout <= 0 {
 		return fmt.Errorf("--temp-timeout must be positive, got %s", c.tempTimeout)
+	}
+	if c.sessionTimeout <= 0 {
+		return fmt.Errorf("--session-timeout must be positive, got %s", c.sessionTimeout)
+	}
+	if c.sessionTouch <= 0 {
+		return fmt.Errorf("--session-touch-interval must be positive, got %s", c.sessionTouch)
 	}
 	if c.encryptionKey != "" {
 		// Checked here so that a bad key is a configuration error (exit 2)
@@ -372,6 +385,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		},
 		Lock:          lock.Config{Timeout: cfg.lockTimeout},
 		Temp:          tempdata.Config{Timeout: cfg.tempTimeout},
+		Session:       session.Config{Timeout: cfg.sessionTimeout, TouchInterval: cfg.sessionTouch},
 		EncryptionKey: cfg.encryptionKey,
 	})
 	cancel()
@@ -395,6 +409,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log.Info("rate limiter", "timeout", cfg.rlTimeout.String(), "on_backend_error", cfg.rlOnError, "local_instances", cfg.localInstances)
 	log.Info("locks, temporary data, tokens, idempotency", "lock_timeout", cfg.lockTimeout.String(), "temp_timeout", cfg.tempTimeout.String(),
 		"on_backend_error", "closed (503)")
+	log.Info("sessions", "timeout", cfg.sessionTimeout.String(), "touch_interval", cfg.sessionTouch.String(), "on_backend_error", "closed (503)",
+		"device_info_and_preferences_encrypted", len(eleva.EncryptionKeyIDs()) > 0)
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
 		log.Info("encryption at rest on: temporary values, token data and idempotency responses are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
@@ -417,6 +433,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Limiter:        eleva.RateLimit,
 		Locks:          eleva.Locks,
 		Temp:           eleva.Temp,
+		Sessions:       eleva.Sessions,
 		Policies:       policies,
 		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 		APIKeys:        keys,

@@ -15,6 +15,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -96,6 +97,15 @@ var errorTable = []struct {
 	// service's own problem, not the caller's and not a backend outage: 500,
 	// logged at error level. Retrying cannot help, so it is not a 503.
 	{tempdata.ErrUnreadable, http.StatusInternalServerError, codeInternal, ""},
+
+	{session.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	{session.ErrNotFound, http.StatusNotFound, codeNotFound, ""},
+	{session.ErrExists, http.StatusConflict, codeAlreadyExists, ""},
+	// Sessions fail closed: no session is found, touched or revoked on a
+	// guess.
+	{session.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+	// As for temporary data: the service's own problem, logged, not retried.
+	{session.ErrUnreadable, http.StatusInternalServerError, codeInternal, ""},
 
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable, ""},
 	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable, ""},

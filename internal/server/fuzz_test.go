@@ -12,6 +12,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -24,6 +25,7 @@ func fuzzServer() http.Handler {
 		Limiter:      ratelimit.NewMemory(ratelimit.Config{}),
 		Locks:        lock.NewMemory(lock.Config{}),
 		Temp:         tempdata.NewMemory(tempdata.Config{}),
+		Sessions:     session.NewMemory(session.Config{}),
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxBodyBytes: 4096,
 		Policies: ratelimit.Policies{"login": {Name: "login", Rules: []ratelimit.Rule{

@@ -48,6 +48,16 @@ func routeTable() []route {
 		{http.MethodPost, "/v1/idempotency/{key}/complete", true, hf((*server).handleIdemComplete)},
 		{http.MethodPost, "/v1/idempotency/{key}/fail", true, hf((*server).handleIdemFail)},
 
+		{http.MethodPut, "/v1/sessions/{id}", true, hf((*server).handleSessionCreate)},
+		{http.MethodGet, "/v1/sessions/{id}", true, hf((*server).handleSessionGet)},
+		{http.MethodPatch, "/v1/sessions/{id}", true, hf((*server).handleSessionUpdate)},
+		{http.MethodPost, "/v1/sessions/{id}/touch", true, hf((*server).handleSessionTouch)},
+		{http.MethodGet, "/v1/sessions/{id}/roles/{role}", true, hf((*server).handleSessionHasRole)},
+		{http.MethodDelete, "/v1/sessions/{id}", true, hf((*server).handleSessionDelete)},
+		{http.MethodGet, "/v1/users/{userId}/sessions", true, hf((*server).handleUserSessions)},
+		{http.MethodDelete, "/v1/users/{userId}/sessions", true, hf((*server).handleUserRevoke)},
+		{http.MethodPut, "/v1/users/{userId}/roles", true, hf((*server).handleUserRoles)},
+
 		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
 		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
 		// /metrics is unauthenticated like most Prometheus targets: it holds

@@ -24,6 +24,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -41,9 +42,9 @@ type Backend interface {
 	Ping(ctx context.Context) (time.Duration, error)
 }
 
-// Deps are the server's dependencies. Limiter, Locks and Temp are required
-// (elevaredis.Open builds all three on one backend); the zero value of every
-// other field is its documented default.
+// Deps are the server's dependencies. Limiter, Locks, Temp and Sessions are
+// required (elevaredis.Open builds them all on one backend); the zero value
+// of every other field is its documented default.
 type Deps struct {
 	// Limiter decides the /v1/ratelimit calls. Required.
 	Limiter ratelimit.Limiter
@@ -51,6 +52,9 @@ type Deps struct {
 	Locks lock.Locker
 	// Temp serves /v1/temp, /v1/tokens and /v1/idempotency. Required.
 	Temp tempdata.Store
+	// Sessions serves /v1/sessions and /v1/users/{userId}/sessions and
+	// /roles. Required.
+	Sessions session.Store
 	// Policies are the named policies of /v1/ratelimit/policies; nil means none.
 	Policies ratelimit.Policies
 	// OnBackendError is the limiter's default failure policy, reported by
@@ -82,6 +86,7 @@ type server struct {
 	limiter        ratelimit.Limiter
 	locks          lock.Locker
 	temp           tempdata.Store
+	sessions       session.Store
 	policies       ratelimit.Policies
 	onBackendError ratelimit.FailurePolicy
 	auth           authenticator
@@ -108,11 +113,14 @@ func New(deps Deps) http.Handler {
 		panic("server: Deps.Locks is required")
 	case deps.Temp == nil:
 		panic("server: Deps.Temp is required")
+	case deps.Sessions == nil:
+		panic("server: Deps.Sessions is required")
 	}
 	s := &server{
 		limiter:        deps.Limiter,
 		locks:          deps.Locks,
 		temp:           deps.Temp,
+		sessions:       deps.Sessions,
 		policies:       deps.Policies,
 		onBackendError: deps.OnBackendError,
 		auth:           newAuthenticator(deps.APIKeys),

@@ -24,6 +24,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
 
@@ -38,8 +39,8 @@ type testEnv struct {
 	registry *prometheus.Registry
 }
 
-// newEnv builds a server; deps.Limiter, Locks and Temp default to fresh
-// memory backends.
+// newEnv builds a server; deps.Limiter, Locks, Temp and Sessions default to
+// fresh memory backends.
 func newEnv(t *testing.T, deps Deps) *testEnv {
 	t.Helper()
 	return newEnvLogs(t, deps, &testlog.Buffer{})
@@ -57,6 +58,9 @@ func newEnvLogs(t *testing.T, deps Deps, logs *testlog.Buffer) *testEnv {
 	}
 	if deps.Temp == nil {
 		deps.Temp = tempdata.NewMemory(tempdata.Config{})
+	}
+	if deps.Sessions == nil {
+		deps.Sessions = session.NewMemory(session.Config{})
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
