@@ -33,7 +33,8 @@ const (
 	benchMemory      = "memory"
 )
 
-var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory, benchLock, benchLockContended}
+var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory, benchLock, benchLockContended,
+	benchCacheLocalHit, benchCacheRedisHit, benchCacheZipf}
 
 // Targets of the acceptance item 7.
 const (
@@ -135,6 +136,10 @@ func main() {
 		fatalf(2, "bench: -keys, -duration, -rounds, -lock-contended-names, -lock-instances and -redislock-backoff must be positive, -warmup not negative")
 	}
 	cfg.progress = os.Stderr
+	cc, err := cacheFlags() // cachebench.go
+	if err != nil {
+		fatalf(2, "bench: %v", err)
+	}
 
 	var srv *redisServer
 	if cfg.redisURL == "" && needsRedis(cfg.only) {
@@ -156,15 +161,15 @@ func main() {
 			fatalf(1, "bench: -cpuprofile: %v", err)
 		}
 	}
-	rows, info, err := run(context.Background(), cfg)
+	out, err := runAll(context.Background(), cfg, cc) // run + render, and the cache cells (cachebench.go)
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
 	srv.stop()
+	fmt.Print(out)
 	if err != nil {
 		fatalf(1, "%v", err)
 	}
-	fmt.Print(render(rows, info, cfg))
 }
 
 func fatalf(code int, format string, args ...any) {
