@@ -159,7 +159,10 @@ type StoreConfig struct {
 	// slog.Default().
 	Logger *slog.Logger
 	// Now is the clock of the memory Store and of the local level's
-	// freshness checks; nil means time.Now.
+	// freshness checks; nil means time.Now for the memory Store and, for
+	// the local level, a coarse clock that reads the time once a
+	// millisecond (so a local copy may be served up to about 1ms past its
+	// expiry, in exchange for local hits that never read the time).
 	Now func() time.Time
 }
 

@@ -87,8 +87,13 @@ func New[T any](s *Store, cfg Config[T]) *Cache[T] {
 		size = DefaultLocalSize
 	}
 	if size > 0 {
+		var clock otter.Clock // nil: otter's default, the precise time
+		if s.coarse != nil {
+			clock = s.coarse
+		}
 		c.l1 = otter.Must(&otter.Options[string, *local[T]]{
 			MaximumSize: size,
+			Clock:       clock,
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(e otter.Entry[string, *local[T]]) time.Duration {
 				return time.Until(e.Value.until)
 			}),
@@ -261,7 +266,7 @@ func (c *Cache[T]) fromLocal(key string, load func(context.Context) (T, error), 
 	if !ok {
 		return zero, Meta{}, nil, false
 	}
-	now := c.s.now()
+	now := c.s.localNow()
 	if !now.Before(l.meta.ExpiresAt) || !c.tagsCurrent(l) {
 		return zero, Meta{}, nil, false
 	}
