@@ -47,7 +47,8 @@ FUZZ_TARGETS = \
 	./cache:FuzzParseEntry ./cache:FuzzTagspec ./cache:FuzzLease \
 	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
 	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
-	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency
+	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency \
+	./internal/server:FuzzSessions ./internal/server:FuzzCache
 
 fuzz: deps-test
 	@set -e; for t in $(FUZZ_TARGETS); do \

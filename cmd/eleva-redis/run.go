@@ -39,13 +39,14 @@ const (
 )
 
 // capabilities are the API's capability groups, for the start-up log.
-const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions"
+const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions,cache"
 
 // openTimeout bounds connecting to Redis at start-up.
 const openTimeout = 15 * time.Second
 
 const usageText = `eleva-redis: the Eleva Care shared state layer over HTTP: rate limiting,
-distributed locks, temporary data, one-time tokens and idempotency records.
+distributed locks, temporary data, one-time tokens, idempotency records,
+sessions and a query cache.
 
 Usage:
   eleva-redis [serve] [flags]   serve the HTTP API (the default command)
@@ -411,6 +412,8 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		"on_backend_error", "closed (503)")
 	log.Info("sessions", "timeout", cfg.sessionTimeout.String(), "touch_interval", cfg.sessionTouch.String(), "on_backend_error", "closed (503)",
 		"device_info_and_preferences_encrypted", len(eleva.EncryptionKeyIDs()) > 0)
+	log.Info("cache", "namespace", server.CacheNamespace, "coherence", eleva.Cache.Mode(),
+		"on_backend_error", "503: callers load from their database")
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
 		log.Info("encryption at rest on: temporary values, token data and idempotency responses are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
@@ -434,6 +437,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Locks:          eleva.Locks,
 		Temp:           eleva.Temp,
 		Sessions:       eleva.Sessions,
+		Cache:          eleva.Cache,
 		Policies:       policies,
 		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 		APIKeys:        keys,

@@ -207,6 +207,18 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		t.Fatalf("second acquire: %d %v", r.status, r.body)
 	}
 
+	// The cache: a PUT, then the value with its times.
+	if r := call(t, c, "PUT", in.base+"/v1/cache/experts%3Atop", `{"value":[{"id":7}],"ttlMs":60000,"tags":["experts"]}`); r.status != 204 {
+		t.Fatalf("cache put: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "GET", in.base+"/v1/cache/experts%3Atop", ""); r.status != 200 || fmt.Sprint(r.body["value"]) != "[map[id:7]]" ||
+		r.body["cachedAt"] == nil || r.body["expiresAt"] == nil {
+		t.Fatalf("cache get: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "GET", in.base+"/v1/cache/cold?lease=1&waitMs=100", ""); r.status != 404 || r.body["lease"] == nil {
+		t.Fatalf("cache lease: %d %v", r.status, r.body)
+	}
+
 	logs := in.logs.String()
 	for _, want := range []string{
 		`msg="starting eleva-redis"`,
@@ -216,7 +228,8 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		"no policies file",
 		"lock_timeout=500ms temp_timeout=500ms",
 		"ELEVA_ENCRYPTION_KEY not set: encryption at rest is off",
-		"capabilities=ratelimit,locks,temp,tokens,idempotency",
+		"capabilities=ratelimit,locks,temp,tokens,idempotency,sessions,cache",
+		`msg=cache namespace=http coherence=memory`,
 		`msg=request method=POST route=/v1/ratelimit/allow status=200`,
 		`msg=request method=POST route=/v1/tokens/{token}/consume status=404`,
 	} {
@@ -311,7 +324,7 @@ login:
 
 	logs := in.logs.String()
 	for _, want := range []string{"backend=redis", "api_keys=2", "policies loaded", "names=login",
-		"encryption at rest on", "current_key_id=k2", "older_key_ids=k1"} {
+		"encryption at rest on", "current_key_id=k2", "older_key_ids=k1", "msg=cache namespace=http coherence=tracking"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}

@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
@@ -28,6 +29,7 @@ const (
 	codeAlreadyExists    = "already_exists"
 	codeLockHeld         = "lock_held"
 	codeLockLost         = "lock_lost"
+	codeLeaseLost        = "lease_lost"
 	codeInProgress       = "in_progress"
 	codeFingerprint      = "fingerprint_mismatch"
 	codePayloadTooLarge  = "payload_too_large"
@@ -106,6 +108,19 @@ var errorTable = []struct {
 	{session.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
 	// As for temporary data: the service's own problem, logged, not retried.
 	{session.ErrUnreadable, http.StatusInternalServerError, codeInternal, ""},
+
+	{cache.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	{cache.ErrNotFound, http.StatusNotFound, codeNotFound, ""},
+	// The key was invalidated (or set) since the lease was given: the value,
+	// loaded from data older than that change, was not written.
+	{cache.ErrLeaseLost, http.StatusConflict, codeLeaseLost, ""},
+	// The cache fails open, to the caller's database: 503 tells the caller
+	// to load the value itself (and not write it back). Nothing is served
+	// as a value that is not one.
+	{cache.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+	// A stored value that is not JSON (a Go caller wrote the namespace with
+	// another codec): the service's own problem, logged, not retried.
+	{cache.ErrCodec, http.StatusInternalServerError, codeInternal, ""},
 
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable, ""},
 	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable, ""},

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
@@ -18,14 +19,17 @@ import (
 
 // fuzzServer builds the server one fuzz input is sent to: a fresh one per
 // input, so state (sliding logs of up to 10000 stamps under random keys, a
-// lock a previous input took) does not pile up across inputs; a small body
-// limit keeps inputs short.
-func fuzzServer() http.Handler {
+// lock a previous input took) does not pile up across inputs, closed when
+// the input is done; a small body limit keeps inputs short.
+func fuzzServer(t testing.TB) http.Handler {
+	store := cache.NewMemoryStore(cache.StoreConfig{})
+	t.Cleanup(store.Close)
 	return New(Deps{
 		Limiter:      ratelimit.NewMemory(ratelimit.Config{}),
 		Locks:        lock.NewMemory(lock.Config{}),
 		Temp:         tempdata.NewMemory(tempdata.Config{}),
 		Sessions:     session.NewMemory(session.Config{}),
+		Cache:        store,
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxBodyBytes: 4096,
 		Policies: ratelimit.Policies{"login": {Name: "login", Rules: []ratelimit.Rule{
@@ -105,7 +109,7 @@ func FuzzDecodeAllow(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		for _, path := range []string{"/v1/ratelimit/allow", "/v1/ratelimit/peek", "/v1/ratelimit/record", "/v1/ratelimit/reset"} {
 			fuzzPost(t, h, path, body)
 		}
@@ -125,7 +129,7 @@ func FuzzDecodePolicyAllow(f *testing.F) {
 	}
 	f.Add([]byte(`{"subjects":{"user":"a"}}`), "nope")
 	f.Fuzz(func(t *testing.T, body []byte, policy string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		fuzzPost(t, h, "/v1/ratelimit/policies/"+url.PathEscape(policy)+"/allow", body)
 	})
 }
@@ -146,7 +150,7 @@ func FuzzLocks(f *testing.F) {
 	f.Add([]byte(`{"ttlMs":1000}`), strings.Repeat("n", lock.MaxNameLen+1))
 	f.Add([]byte(`{"ttlMs":1000}`), "")
 	f.Fuzz(func(t *testing.T, body []byte, name string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		base := "/v1/locks/" + url.PathEscape(name)
 		status, m := fuzzDo(t, h, http.MethodPost, base+"/acquire", body)
 		wantFields(t, "acquire", status, m, "name", "token", "fence", "expiresAt")
@@ -173,7 +177,7 @@ func FuzzTemp(f *testing.F) {
 	f.Add([]byte(`{"value":1,"ttlMs":1000}`), "{tag}*", "a/../b")
 	f.Add([]byte(`{"value":1,"ttlMs":1000}`), "", "k")
 	f.Fuzz(func(t *testing.T, body []byte, ns, key string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		base := "/v1/temp/" + url.PathEscape(ns) + "/" + url.PathEscape(key)
 		status, m := fuzzDo(t, h, http.MethodPut, base, body)
 		wantFields(t, "put", status, m, "expiresAt")
@@ -198,7 +202,7 @@ func FuzzTokens(f *testing.F) {
 	f.Add([]byte(`{"purpose":"p"}`), "")
 	f.Add([]byte(`{"purpose":"p"}`), "../x")
 	f.Fuzz(func(t *testing.T, body []byte, token string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		status, m := fuzzDo(t, h, http.MethodPost, "/v1/tokens", body)
 		wantFields(t, "issue", status, m, "token", "expiresAt")
 		if status == http.StatusCreated {
@@ -226,7 +230,7 @@ func FuzzIdempotency(f *testing.F) {
 	f.Add([]byte(`{"ttlMs":1000}`), "http::k")
 	f.Add([]byte(`{"ttlMs":1000}`), strings.Repeat("k", maxIdemKeyLen+1))
 	f.Fuzz(func(t *testing.T, body []byte, key string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		base := "/v1/idempotency/" + url.PathEscape(key)
 		status, m := fuzzDo(t, h, http.MethodPost, base+"/begin", body)
 		wantFields(t, "begin", status, m, "state")

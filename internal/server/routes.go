@@ -58,6 +58,11 @@ func routeTable() []route {
 		{http.MethodDelete, "/v1/users/{userId}/sessions", true, hf((*server).handleUserRevoke)},
 		{http.MethodPut, "/v1/users/{userId}/roles", true, hf((*server).handleUserRoles)},
 
+		{http.MethodGet, "/v1/cache/{key}", true, hf((*server).handleCacheGet)},
+		{http.MethodPut, "/v1/cache/{key}", true, hf((*server).handleCachePut)},
+		{http.MethodDelete, "/v1/cache/{key}", true, hf((*server).handleCacheDelete)},
+		{http.MethodPost, "/v1/cache/invalidate", true, hf((*server).handleCacheInvalidate)},
+
 		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
 		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
 		// /metrics is unauthenticated like most Prometheus targets: it holds

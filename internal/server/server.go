@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"log/slog"
 	"net/http"
 	"path"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
@@ -42,9 +44,9 @@ type Backend interface {
 	Ping(ctx context.Context) (time.Duration, error)
 }
 
-// Deps are the server's dependencies. Limiter, Locks, Temp and Sessions are
-// required (elevaredis.Open builds them all on one backend); the zero value
-// of every other field is its documented default.
+// Deps are the server's dependencies. Limiter, Locks, Temp, Sessions and
+// Cache are required (elevaredis.Open builds them all on one backend); the
+// zero value of every other field is its documented default.
 type Deps struct {
 	// Limiter decides the /v1/ratelimit calls. Required.
 	Limiter ratelimit.Limiter
@@ -55,6 +57,9 @@ type Deps struct {
 	// Sessions serves /v1/sessions and /v1/users/{userId}/sessions and
 	// /roles. Required.
 	Sessions session.Store
+	// Cache is the shared level /v1/cache serves, in the namespace
+	// CacheNamespace (see cache.go). Required.
+	Cache *cache.Store
 	// Policies are the named policies of /v1/ratelimit/policies; nil means none.
 	Policies ratelimit.Policies
 	// OnBackendError is the limiter's default failure policy, reported by
@@ -87,6 +92,7 @@ type server struct {
 	locks          lock.Locker
 	temp           tempdata.Store
 	sessions       session.Store
+	cache          *cache.Cache[json.RawMessage]
 	policies       ratelimit.Policies
 	onBackendError ratelimit.FailurePolicy
 	auth           authenticator
@@ -115,12 +121,15 @@ func New(deps Deps) http.Handler {
 		panic("server: Deps.Temp is required")
 	case deps.Sessions == nil:
 		panic("server: Deps.Sessions is required")
+	case deps.Cache == nil:
+		panic("server: Deps.Cache is required")
 	}
 	s := &server{
 		limiter:        deps.Limiter,
 		locks:          deps.Locks,
 		temp:           deps.Temp,
 		sessions:       deps.Sessions,
+		cache:          newHTTPCache(deps.Cache),
 		policies:       deps.Policies,
 		onBackendError: deps.OnBackendError,
 		auth:           newAuthenticator(deps.APIKeys),

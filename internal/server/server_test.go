@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	elevaredis "github.com/elevacare/eleva-redis"
+	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
@@ -39,8 +40,8 @@ type testEnv struct {
 	registry *prometheus.Registry
 }
 
-// newEnv builds a server; deps.Limiter, Locks, Temp and Sessions default to
-// fresh memory backends.
+// newEnv builds a server; deps.Limiter, Locks, Temp, Sessions and Cache
+// default to fresh memory backends.
 func newEnv(t *testing.T, deps Deps) *testEnv {
 	t.Helper()
 	return newEnvLogs(t, deps, &testlog.Buffer{})
@@ -61,6 +62,11 @@ func newEnvLogs(t *testing.T, deps Deps, logs *testlog.Buffer) *testEnv {
 	}
 	if deps.Sessions == nil {
 		deps.Sessions = session.NewMemory(session.Config{})
+	}
+	if deps.Cache == nil {
+		store := cache.NewMemoryStore(cache.StoreConfig{})
+		t.Cleanup(store.Close)
+		deps.Cache = store
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

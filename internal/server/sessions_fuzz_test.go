@@ -30,7 +30,7 @@ func FuzzSessions(f *testing.F) {
 	f.Add([]byte(`{"userId":"u","roles":["r"]}`), "", "", "")
 	f.Add([]byte(`{"userId":"u","roles":["r"]}`), strings.Repeat("i", session.MaxIDLen+1), "u", "r")
 	f.Fuzz(func(t *testing.T, body []byte, id, user, role string) {
-		h := fuzzServer()
+		h := fuzzServer(t)
 		base := "/v1/sessions/" + url.PathEscape(id)
 		users := "/v1/users/" + url.PathEscape(user)
 		sessionFields := []string{"id", "userId", "roles", "deviceInfo", "preferences", "createdAt", "lastActivityAt", "expiresAt"}
