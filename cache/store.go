@@ -468,18 +468,19 @@ type hub struct {
 	tags sync.Map // tag key -> uint64
 	// tagTombs: tag keys this instance bumped and whose push has not
 	// arrived yet (see InvalidateTags); guarded by mu.
-	tagTombs map[string]time.Time
+	tagTombs tombs
 }
 
 func (h *hub) init() {
 	h.waiters = make(map[string][]chan struct{})
-	h.tagTombs = make(map[string]time.Time)
+	h.tagTombs = newTombs()
 }
 
 func (h *hub) tombTags(ks []string, until time.Time) {
 	h.mu.Lock()
+	now := time.Now()
 	for _, k := range ks {
-		h.tagTombs[k] = until
+		h.tagTombs.add(k, until, now)
 	}
 	h.mu.Unlock()
 }
@@ -488,16 +489,10 @@ func (h *hub) tombTags(ks []string, until time.Time) {
 func (h *hub) tagTombstoned(ks []string) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.tagTombs) == 0 {
-		return false
-	}
 	now := time.Now()
 	for _, k := range ks {
-		if until, ok := h.tagTombs[k]; ok {
-			if now.Before(until) {
-				return true
-			}
-			delete(h.tagTombs, k)
+		if h.tagTombs.live(k, now) {
+			return true
 		}
 	}
 	return false
@@ -522,7 +517,7 @@ func (h *hub) invalidate(key string) {
 	locals := h.locals
 	ws := h.waiters[wk]
 	delete(h.waiters, wk)
-	delete(h.tagTombs, key)
+	h.tagTombs.remove(key)
 	h.mu.Unlock()
 	for _, drop := range locals {
 		drop(key)
@@ -540,7 +535,7 @@ func (h *hub) invalidateAll() {
 	flushes := h.flushes
 	ws := h.waiters
 	h.waiters = make(map[string][]chan struct{})
-	clear(h.tagTombs)
+	h.tagTombs.clear()
 	h.mu.Unlock()
 	for _, f := range flushes {
 		f()

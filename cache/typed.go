@@ -37,7 +37,7 @@ type Cache[T any] struct {
 	// tombs: backend value keys this instance invalidated and whose
 	// tracking push has not arrived yet (until then the client-side cache
 	// of rueidis may still hold the old bytes; see docs/cache.md).
-	tombs      map[string]time.Time
+	tombs      tombs
 	refreshing sync.Map // backend value key -> struct{}
 }
 
@@ -74,7 +74,7 @@ func New[T any](s *Store, cfg Config[T]) *Cache[T] {
 		cfg:   cfg,
 		codec: cfg.Codec,
 		calls: make(map[string]*call[T]),
-		tombs: make(map[string]time.Time),
+		tombs: newTombs(),
 	}
 	if c.ns == "" {
 		c.ns = "default"
@@ -129,14 +129,14 @@ func (Raw) Decode(b []byte) ([]byte, error) { return b, nil }
 func (c *Cache[T]) dropLocal(key string) {
 	c.l1.Invalidate(key)
 	c.mu.Lock()
-	delete(c.tombs, key)
+	c.tombs.remove(key)
 	c.mu.Unlock()
 }
 
 func (c *Cache[T]) flushLocal() {
 	c.l1.InvalidateAll()
 	c.mu.Lock()
-	clear(c.tombs)
+	c.tombs.clear()
 	c.mu.Unlock()
 }
 
@@ -226,7 +226,8 @@ func (c *Cache[T]) GetOrLoad(ctx context.Context, key string, load func(context.
 }
 
 // Get returns the value of key without loading: ErrNotFound on a miss (or a
-// cached not-found). Pass the same Tags the value was stored with.
+// cached not-found). A stored value records its own tags, so no Tags
+// option is needed to read it.
 func (c *Cache[T]) Get(ctx context.Context, key string, opts ...Option) (T, Meta, error) {
 	if c.l1 != nil && len(opts) == 0 {
 		if v, m, err, ok := c.fromLocal(key, nil, nil); ok {
@@ -315,18 +316,7 @@ func (c *Cache[T]) tagsCurrent(l *local[T]) bool {
 func (c *Cache[T]) tombstoned(rk rkey) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if len(c.tombs) == 0 {
-		return false
-	}
-	until, ok := c.tombs[rk.value]
-	if !ok {
-		return false
-	}
-	if time.Now().After(until) {
-		delete(c.tombs, rk.value)
-		return false
-	}
-	return true
+	return c.tombs.live(rk.value, time.Now())
 }
 
 func (c *Cache[T]) getOrLoad(ctx context.Context, key string, load func(context.Context) (T, error), opts []Option) (T, Meta, error) {
@@ -848,7 +838,8 @@ func (c *Cache[T]) forget(rk rkey) {
 	}
 	if c.s.tracking {
 		c.mu.Lock()
-		c.tombs[rk.value] = time.Now().Add(tombstoneFor)
+		now := time.Now()
+		c.tombs.add(rk.value, now.Add(tombstoneFor), now)
 		c.mu.Unlock()
 	}
 	if cl, ok := c.peek(rk.value); ok {
