@@ -274,6 +274,9 @@ login:
 		"ELEVA_KEY_HASH_SECRET": "hash-secret-xyz",
 		"ELEVA_ENCRYPTION_KEY":  encKey2 + "," + encKey1,
 		"ELEVA_LISTEN":          "127.0.0.1:1", // the flag wins
+		// Not a test of the 50ms default: a loaded CI machine must not
+		// turn the first decision into a degraded (closed) denial.
+		"ELEVA_RATELIMIT_TIMEOUT": "2s",
 	}, "--listen", "127.0.0.1:0", "--log-format", "text")
 	c := http.DefaultClient
 
