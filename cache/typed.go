@@ -30,7 +30,7 @@ type Cache[T any] struct {
 	// l1 holds decoded values by backend value key; memo maps a logical key
 	// to its backend keys (pure, so it needs no invalidation).
 	l1   *otter.Cache[string, *local[T]]
-	memo *otter.Cache[string, rkey]
+	memo *memo
 
 	mu    sync.Mutex
 	calls map[string]*call[T]
@@ -98,7 +98,7 @@ func New[T any](s *Store, cfg Config[T]) *Cache[T] {
 				return time.Until(e.Value.until)
 			}),
 		})
-		c.memo = otter.Must(&otter.Options[string, rkey]{MaximumSize: size})
+		c.memo = newMemo(size)
 		s.hub.register(c.dropLocal, c.flushLocal)
 	}
 	return c
@@ -143,13 +143,13 @@ func (c *Cache[T]) flushLocal() {
 // rk returns key's backend keys.
 func (c *Cache[T]) rk(key string) rkey {
 	if c.memo != nil {
-		if k, ok := c.memo.GetIfPresent(key); ok {
+		if k, ok := c.memo.get(key); ok {
 			return k
 		}
 	}
 	k := c.s.valueKey(c.ns, key)
 	if c.memo != nil {
-		c.memo.Set(key, k)
+		c.memo.set(key, k)
 	}
 	return k
 }
@@ -259,7 +259,7 @@ func (c *Cache[T]) Get(ctx context.Context, key string, opts ...Option) (T, Meta
 // fromLocal serves key from the local level; ok false means a miss there.
 func (c *Cache[T]) fromLocal(key string, load func(context.Context) (T, error), opts []Option) (T, Meta, error, bool) {
 	var zero T
-	rk, ok := c.memo.GetIfPresent(key)
+	rk, ok := c.memo.get(key)
 	if !ok {
 		return zero, Meta{}, nil, false
 	}
