@@ -1,0 +1,892 @@
+package notify
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/elevacare/eleva-redis/internal/clock"
+	"github.com/elevacare/eleva-redis/internal/redistest"
+)
+
+// The conformance suite: the behaviours of the Queue contract (notify.go),
+// run unchanged on the memory backend (on a fake clock), a real redis-server
+// and a real 3-node Redis Cluster. Several Queue values over one backend play
+// several application instances; on Redis each has its own client.
+
+var ctxb = context.Background()
+
+// env is one test's backend: every Queue it makes shares the same data.
+type env struct {
+	redis bool
+	// queue returns a Queue with cfg (Prefix, Timeout, Logger filled in).
+	// Every queue of one env must be given the same cfg.
+	queue func(cfg Config) Queue
+	// instances returns n queues with cfg, each on its own client.
+	instances func(cfg Config, n int) []Queue
+	// dump returns the whole stored state of this test, canonically.
+	dump func() string
+	// now is the backend's clock.
+	now func() time.Time
+	// after makes the backend's clock pass t: the fake clock is set to it;
+	// on Redis it waits (polls) until real time has passed it.
+	after func(t time.Time)
+}
+
+type target struct {
+	name   string
+	newEnv func(t *testing.T) env
+}
+
+func targets() []target {
+	return []target{
+		{"memory", memoryEnv},
+		{"redis", func(t *testing.T) env { return redisEnv(t, redistest.URL(t)) }},
+		{"cluster", func(t *testing.T) env { return redisEnv(t, redistest.ClusterURL(t)) }},
+	}
+}
+
+// forEach runs f as a parallel subtest on every target.
+func forEach(t *testing.T, f func(t *testing.T, e env)) {
+	t.Parallel()
+	for _, tg := range targets() {
+		t.Run(tg.name, func(t *testing.T) {
+			t.Parallel()
+			f(t, tg.newEnv(t))
+		})
+	}
+}
+
+func quiet(cfg Config) Config {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}
+
+func memoryEnv(t *testing.T) env {
+	clk := clock.NewFake(time.Now().Truncate(time.Millisecond))
+	var (
+		mu sync.Mutex
+		b  *memoryBackend
+	)
+	mk := func(cfg Config) Queue {
+		cfg = quiet(cfg)
+		cfg.Now = clk.Now
+		mu.Lock()
+		defer mu.Unlock()
+		if b == nil {
+			b = newMemoryBackend(cfg)
+		}
+		return &queue{cfg: cfg, b: b, m: newMetrics(cfg.Registerer), kind: "memory", timeout: cfg.timeout()}
+	}
+	return env{
+		queue: mk,
+		instances: func(cfg Config, n int) []Queue {
+			out := make([]Queue, n)
+			for i := range out {
+				out[i] = mk(cfg)
+			}
+			return out
+		},
+		dump: func() string {
+			mu.Lock()
+			bb := b
+			mu.Unlock()
+			if bb == nil {
+				return ""
+			}
+			return bb.dump()
+		},
+		now: clk.Now,
+		after: func(at time.Time) {
+			if d := at.Sub(clk.Now()); d > 0 {
+				clk.Advance(d)
+			}
+		},
+	}
+}
+
+// dump is the memory backend's whole state, canonically.
+func (m *memoryBackend) dump() string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var lines []string
+	for name, u := range m.users {
+		lines = append(lines, fmt.Sprintf("user %q lease %q %d", name, u.token, u.leaseExp))
+		for id, it := range u.items {
+			lines = append(lines, fmt.Sprintf("item %q %q %c %d %d %d %d %d %d %q %s", name, id, it.st, it.seq, it.band, it.due, it.sched, it.exp, it.att, it.err, it.n.Data))
+		}
+	}
+	for r, at := range m.dead {
+		lines = append(lines, fmt.Sprintf("dead %q %q %d", r.user, r.id, at))
+	}
+	for r, at := range m.done {
+		lines = append(lines, fmt.Sprintf("done %q %q %d", r.user, r.id, at))
+	}
+	lines = append(lines, fmt.Sprintf("counters %d %d %d", m.seq, m.delivered, m.deadDropped))
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func redisEnv(t *testing.T, url string) env {
+	prefix := redistest.Prefix(t)
+	client := redistest.Client(t, url)
+	prep := func(cfg Config) Config {
+		cfg.Prefix = prefix
+		if cfg.Timeout == 0 {
+			// Generous: a conformance result must come from Redis, not
+			// from a timeout on a loaded CI machine.
+			cfg.Timeout = 10 * time.Second
+		}
+		return quiet(cfg)
+	}
+	return env{
+		redis: true,
+		queue: func(cfg Config) Queue { return NewRedis(client, prep(cfg)) },
+		instances: func(cfg Config, n int) []Queue {
+			out := make([]Queue, n)
+			for i := range out {
+				out[i] = NewRedis(redistest.Client(t, url), prep(cfg))
+			}
+			return out
+		},
+		dump: func() string { return redisDump(t, client, prefix) },
+		now:  time.Now,
+		after: func(at time.Time) {
+			deadline := time.Now().Add(30 * time.Second)
+			for !time.Now().After(at) {
+				if time.Now().After(deadline) {
+					t.Fatalf("the clock did not pass %v", at)
+				}
+				time.Sleep(time.Until(at) + time.Millisecond)
+			}
+		},
+	}
+}
+
+// redisKeys returns every key under prefix, on every node.
+func redisKeys(t *testing.T, client rueidis.Client, prefix string) []string {
+	t.Helper()
+	var out []string
+	for _, node := range client.Nodes() {
+		var cursor uint64
+		for {
+			e, err := node.Do(ctxb, node.B().Scan().Cursor(cursor).Match(prefix+"*").Count(1000).Build()).AsScanEntry()
+			if err != nil {
+				t.Fatalf("SCAN: %v", err)
+			}
+			out = append(out, e.Elements...)
+			if cursor = e.Cursor; cursor == 0 {
+				break
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// redisDump returns every key under prefix with its contents, canonically.
+func redisDump(t *testing.T, client rueidis.Client, prefix string) string {
+	t.Helper()
+	var lines []string
+	for _, k := range redisKeys(t, client, prefix) {
+		typ, err := client.Do(ctxb, client.B().Type().Key(k).Build()).ToString()
+		if err != nil {
+			t.Fatalf("TYPE: %v", err)
+		}
+		switch typ {
+		case "hash":
+			m, err := client.Do(ctxb, client.B().Hgetall().Key(k).Build()).AsStrMap()
+			if err != nil {
+				t.Fatalf("HGETALL: %v", err)
+			}
+			for f, v := range m {
+				lines = append(lines, k+" "+f+"="+v)
+			}
+		case "zset":
+			m, err := client.Do(ctxb, client.B().Zrange().Key(k).Min("0").Max("-1").Withscores().Build()).AsZScores()
+			if err != nil {
+				t.Fatalf("ZRANGE: %v", err)
+			}
+			for _, z := range m {
+				lines = append(lines, fmt.Sprintf("%s %s=%v", k, z.Member, z.Score))
+			}
+		case "string":
+			v, err := client.Do(ctxb, client.B().Get().Key(k).Build()).ToString()
+			if err != nil {
+				t.Fatalf("GET: %v", err)
+			}
+			lines = append(lines, k+" = "+v)
+		default:
+			lines = append(lines, k+" type "+typ)
+		}
+	}
+	sort.Strings(lines)
+	return strings.Join(lines, "\n")
+}
+
+func must[T any](t *testing.T, what string) func(T, error) T {
+	return func(v T, err error) T {
+		t.Helper()
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return v
+	}
+}
+
+func wantErr(t *testing.T, what string, err, want error) {
+	t.Helper()
+	if !errors.Is(err, want) {
+		t.Fatalf("%s: got %v, want %v", what, err, want)
+	}
+}
+
+func note(user, id string) Notification {
+	return Notification{ID: id, UserID: user, Type: "reminder", Title: "Your session", Message: "starts soon", Data: json.RawMessage(`{"n":1}`)}
+}
+
+func ids(ns []Notification) []string {
+	out := make([]string, len(ns))
+	for i, n := range ns {
+		out[i] = n.ID
+	}
+	return out
+}
+
+// claimUser claims until a batch of user comes back (on Redis, polling with
+// a deadline: real leases expire in real time).
+func claimUser(t *testing.T, e env, q Queue, user string, perUser int) Batch {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		for _, b := range must[[]Batch](t, "Claim")(q.Claim(ctxb, 100, perUser)) {
+			if b.UserID == user {
+				return b
+			}
+			t.Fatalf("Claim returned user %q, want only %q", b.UserID, user)
+		}
+		if !e.redis || time.Now().After(deadline) {
+			t.Fatalf("Claim did not return user %q", user)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestConcurrentEnqueue is acceptance item 1: 1000 concurrent enqueues for
+// one user from 4 clients, every id sent twice from two different clients:
+// all 1000 present, none duplicated, each id created exactly once.
+func TestConcurrentEnqueue(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		qs := e.instances(Config{}, 4)
+		const n = 1000
+		var created atomic.Int64
+		var wg sync.WaitGroup
+		errs := make(chan error, 2*n)
+		start := time.Now()
+		for i := range 2 * n {
+			wg.Go(func() {
+				id := fmt.Sprintf("n-%04d", i%n)
+				r, err := qs[i%4].Enqueue(ctxb, note("patient-1", id))
+				if err != nil {
+					errs <- err
+					return
+				}
+				if r.ID != id || (r.State != StatePending && r.State != StateInflight) {
+					errs <- fmt.Errorf("result %+v for %s", r, id)
+				}
+				if r.Created {
+					created.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		el := time.Since(start)
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		t.Logf("%d concurrent enqueues (%d distinct) from 4 clients in %v: %.0f/s", 2*n, n, el, float64(2*n)/el.Seconds())
+		if c := created.Load(); c != n {
+			t.Fatalf("%d enqueues created, want %d (each id exactly once)", c, n)
+		}
+		got := must[[]Notification](t, "Pending")(qs[0].Pending(ctxb, "patient-1", MaxPendingLimit))
+		seen := map[string]bool{}
+		for _, x := range got {
+			if seen[x.ID] {
+				t.Fatalf("id %s twice in Pending", x.ID)
+			}
+			seen[x.ID] = true
+		}
+		if len(seen) != n {
+			t.Fatalf("Pending returned %d distinct ids, want %d", len(seen), n)
+		}
+		st := must[Stats](t, "Stats")(qs[1].Stats(ctxb))
+		if st.Pending != n || st.Scheduled+st.Inflight+st.Retrying+st.Dead != 0 {
+			t.Fatalf("Stats %+v, want %d pending and nothing else", st, n)
+		}
+		// Claiming them all, in batches, gives each id once.
+		claimed := map[string]bool{}
+		q := qs[2]
+		for len(claimed) < n {
+			b := claimUser(t, e, q, "patient-1", MaxPerUser)
+			for _, it := range b.Items {
+				if claimed[it.ID] {
+					t.Fatalf("id %s claimed twice", it.ID)
+				}
+				claimed[it.ID] = true
+			}
+			if k := must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...)); k != len(b.Items) {
+				t.Fatalf("Ack acked %d of %d", k, len(b.Items))
+			}
+		}
+		st = must[Stats](t, "Stats")(q.Stats(ctxb))
+		if st.Delivered != n || st.Pending != 0 || st.Inflight != 0 {
+			t.Fatalf("Stats after acking all %+v, want %d delivered, nothing else", st, n)
+		}
+	})
+}
+
+// TestIdempotentEnqueue: the same id again is stored once, in every state,
+// and also after delivery (within the delivered record); another user may
+// use the same id.
+func TestIdempotentEnqueue(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+		if !r.Created || r.State != StatePending || r.ID != "a" {
+			t.Fatalf("first Enqueue %+v", r)
+		}
+		changed := note("u", "a")
+		changed.Title = "something else"
+		before := e.dump()
+		r = must[Result](t, "Enqueue again")(q.Enqueue(ctxb, changed))
+		if r.Created || r.State != StatePending {
+			t.Fatalf("second Enqueue %+v, want not created, pending", r)
+		}
+		if after := e.dump(); after != before {
+			t.Fatalf("a duplicate enqueue wrote:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		if r := must[Result](t, "other user")(q.Enqueue(ctxb, note("v", "a"))); !r.Created {
+			t.Fatal("the same id for another user was not created")
+		}
+		b := claimUser(t, e, q, "u", 5)
+		if r := must[Result](t, "Enqueue inflight")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateInflight {
+			t.Fatalf("Enqueue of a leased id %+v, want not created, inflight", r)
+		}
+		must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
+		if r := must[Result](t, "Enqueue delivered")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
+			t.Fatalf("Enqueue of a delivered id %+v, want not created, delivered", r)
+		}
+		// A generated id is random.
+		r1 := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
+		r2 := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
+		if r1.ID == "" || r1.ID == r2.ID || !r1.Created || !r2.Created {
+			t.Fatalf("generated ids %+v %+v", r1, r2)
+		}
+	})
+}
+
+// TestEnqueueMany: many users in one pipelined call, duplicates within the
+// call stored once, an invalid item rejected alone.
+func TestEnqueueMany(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		var ns []Notification
+		for u := range 30 {
+			for i := range 10 {
+				ns = append(ns, note(fmt.Sprintf("user-%d", u), fmt.Sprintf("id-%d", i)))
+			}
+		}
+		ns = append(ns, note("user-0", "id-0"), Notification{UserID: "", Type: "x"})
+		start := time.Now()
+		res := must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
+		t.Logf("EnqueueMany of %d in %v", len(ns), time.Since(start))
+		for i, r := range res[:300] {
+			if r.Err != nil || !r.Created || r.ID != ns[i].ID {
+				t.Fatalf("result %d: %+v", i, r)
+			}
+		}
+		if r := res[300]; r.Err != nil || r.Created {
+			t.Fatalf("duplicate in the call: %+v, want not created", r)
+		}
+		wantErr(t, "invalid item", res[301].Err, ErrInvalidArgument)
+		for u := range 30 {
+			got := must[[]Notification](t, "Pending")(q.Pending(ctxb, fmt.Sprintf("user-%d", u), 100))
+			if len(got) != 10 {
+				t.Fatalf("user-%d has %d pending, want 10", u, len(got))
+			}
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != 300 {
+			t.Fatalf("Stats %+v, want 300 pending", st)
+		}
+	})
+}
+
+// TestOrder is acceptance item 5: high before normal before low; oldest
+// (by due time) first within a priority, for Pending and Claim alike.
+func TestOrder(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		now := e.now()
+		add := func(id string, p Priority, sched time.Time) {
+			n := note("u", id)
+			n.Priority, n.ScheduledFor = p, sched
+			must[Result](t, "Enqueue "+id)(q.Enqueue(ctxb, n))
+		}
+		add("low-1", PriorityLow, time.Time{})
+		add("normal-1", PriorityNormal, time.Time{})
+		add("high-1", PriorityHigh, time.Time{})
+		add("low-2", PriorityLow, time.Time{})
+		add("normal-2", PriorityNormal, time.Time{})
+		add("high-2", PriorityHigh, time.Time{})
+		add("normal-0", PriorityNormal, now.Add(-time.Hour)) // older: due an hour ago
+		add("high-later", PriorityHigh, now.Add(time.Hour))  // not due
+		want := []string{"high-1", "high-2", "normal-0", "normal-1", "normal-2", "low-1", "low-2"}
+		got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 100)))
+		if !slices.Equal(got, want) {
+			t.Fatalf("Pending order %v, want %v", got, want)
+		}
+		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 3))); !slices.Equal(got, want[:3]) {
+			t.Fatalf("Pending limit 3: %v, want %v", got, want[:3])
+		}
+		var claimed []string
+		for len(claimed) < len(want) {
+			b := claimUser(t, e, q, "u", 2)
+			claimed = append(claimed, ids(b.Items)...)
+			must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...))
+		}
+		if !slices.Equal(claimed, want) {
+			t.Fatalf("Claim order %v, want %v", claimed, want)
+		}
+		for _, b := range must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)) {
+			t.Fatalf("Claim returned %v; high-later is not due", ids(b.Items))
+		}
+	})
+}
+
+// TestLeaseLost is acceptance item 3: a claim whose lease expired and was
+// taken over by another claimer: its Ack, Nack and Extend return
+// ErrLeaseLost and write nothing; the new holder's work counts.
+func TestLeaseLost(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		cfg := Config{Lease: 300 * time.Millisecond}
+		qs := e.instances(cfg, 2)
+		a, b := qs[0], qs[1]
+		for i := range 3 {
+			must[Result](t, "Enqueue")(a.Enqueue(ctxb, note("u", fmt.Sprint(i))))
+		}
+		ba := claimUser(t, e, a, "u", 5)
+		if len(ba.Items) != 3 || ba.Items[0].Attempts != 1 || ba.Items[0].State != StateInflight {
+			t.Fatalf("first claim %+v", ba)
+		}
+		// While the lease is live nobody else gets the user.
+		if bs := must[[]Batch](t, "Claim")(b.Claim(ctxb, 10, 5)); len(bs) != 0 && time.Now().Before(ba.ExpiresAt) {
+			t.Fatalf("a second claimer got %+v during a live lease", bs)
+		}
+		e.after(ba.ExpiresAt)
+		bb := claimUser(t, e, b, "u", 5)
+		if bb.Token == ba.Token || len(bb.Items) != 3 || bb.Items[0].Attempts != 2 {
+			t.Fatalf("takeover claim %+v", bb)
+		}
+		before := e.dump()
+		_, err := a.Ack(ctxb, ba, ids(ba.Items)...)
+		wantErr(t, "stale Ack", err, ErrLeaseLost)
+		_, err = a.Nack(ctxb, ba, Failure{ID: "0", Err: errors.New("boom")}, Failure{ID: "1", Permanent: true})
+		wantErr(t, "stale Nack", err, ErrLeaseLost)
+		err = a.Extend(ctxb, &ba)
+		wantErr(t, "stale Extend", err, ErrLeaseLost)
+		if after := e.dump(); after != before {
+			t.Fatalf("a stale holder wrote:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+		if n := must[int](t, "Ack")(b.Ack(ctxb, bb, ids(bb.Items)...)); n != 3 {
+			t.Fatalf("new holder acked %d, want 3", n)
+		}
+		if st := must[Stats](t, "Stats")(a.Stats(ctxb)); st.Delivered != 3 || st.Inflight != 0 || st.Pending != 0 {
+			t.Fatalf("Stats %+v, want 3 delivered", st)
+		}
+		// The finished lease is gone too.
+		_, err = b.Ack(ctxb, bb, "0")
+		wantErr(t, "Ack of a finished batch", err, ErrLeaseLost)
+	})
+}
+
+// TestOneLeasePerUser: many concurrent claimers on several instances get
+// one batch of the user between them; the user's other items wait for the
+// lease to end, and are due at once when it does.
+func TestOneLeasePerUser(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		qs := e.instances(Config{}, 4)
+		for i := range 12 {
+			must[Result](t, "Enqueue")(qs[0].Enqueue(ctxb, note("u", fmt.Sprintf("%02d", i))))
+		}
+		var mu sync.Mutex
+		var got []Batch
+		var wg sync.WaitGroup
+		for i := range 16 {
+			wg.Go(func() {
+				bs, err := qs[i%4].Claim(ctxb, 10, 5)
+				if err != nil {
+					t.Error(err)
+				}
+				mu.Lock()
+				got = append(got, bs...)
+				mu.Unlock()
+			})
+		}
+		wg.Wait()
+		if len(got) != 1 || len(got[0].Items) != 5 {
+			t.Fatalf("16 concurrent claims got %d batches (%+v), want one of 5 items", len(got), got)
+		}
+		// Enqueueing for a leased user does not make it due.
+		must[Result](t, "Enqueue")(qs[1].Enqueue(ctxb, note("u", "new")))
+		if bs := must[[]Batch](t, "Claim")(qs[2].Claim(ctxb, 10, 5)); len(bs) != 0 {
+			t.Fatalf("Claim during a lease got %v", ids(bs[0].Items))
+		}
+		must[int](t, "Ack")(qs[0].Ack(ctxb, got[0], ids(got[0].Items)...))
+		b := must[[]Batch](t, "Claim")(qs[3].Claim(ctxb, 10, 5))
+		if len(b) != 1 || !slices.Equal(ids(b[0].Items), []string{"05", "06", "07", "08", "09"}) {
+			t.Fatalf("claim after the ack: %+v", b)
+		}
+	})
+}
+
+// TestNackRetryDead: a Nack retries after the backoff (here RetryAfter),
+// a Permanent failure and the last attempt go to the dead set with the
+// error, RequeueDead puts one back with its attempts reset.
+func TestNackRetryDead(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		for _, id := range []string{"ok", "retry", "perm"} {
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+		}
+		last := note("u", "last")
+		last.MaxAttempts = 1
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, last))
+		b := claimUser(t, e, q, "u", 10)
+		if len(b.Items) != 4 {
+			t.Fatalf("claimed %v", ids(b.Items))
+		}
+		if n := must[int](t, "Ack")(q.Ack(ctxb, b, "ok", "unknown")); n != 1 {
+			t.Fatalf("Ack of one known id acked %d", n)
+		}
+		n := must[int](t, "Nack")(q.Nack(ctxb, b,
+			Failure{ID: "retry", Err: errors.New("novu 503"), RetryAfter: time.Hour},
+			Failure{ID: "perm", Err: errors.New("novu 422"), Permanent: true},
+			Failure{ID: "last", Err: errors.New("novu 500")},
+		))
+		if n != 3 {
+			t.Fatalf("Nack moved %d, want 3", n)
+		}
+		st := must[Stats](t, "Stats")(q.Stats(ctxb))
+		if st != (Stats{Retrying: 1, Dead: 2, Delivered: 1}) {
+			t.Fatalf("Stats %+v, want 1 retrying, 2 dead, 1 delivered", st)
+		}
+		// The batch is finished: the lease ended with its last item.
+		_, err := q.Ack(ctxb, b, "ok")
+		wantErr(t, "Ack after the batch ended", err, ErrLeaseLost)
+		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		errOf := map[string]string{}
+		for _, d := range dead {
+			if d.State != StateDead || d.UserID != "u" || d.Type != "reminder" || string(d.Data) != `{"n":1}` {
+				t.Fatalf("dead item %+v", d)
+			}
+			errOf[d.ID] = d.LastError
+		}
+		if len(dead) != 2 || errOf["perm"] != "novu 422" || errOf["last"] != "novu 500" {
+			t.Fatalf("ListDead %+v", dead)
+		}
+		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)); len(bs) != 0 {
+			t.Fatalf("Claim got %v before the retry is due", ids(bs[0].Items))
+		}
+		wantErr(t, "RequeueDead of a retrying item", q.RequeueDead(ctxb, "u", "retry"), ErrNotFound)
+		must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, "u", "perm"))
+		b = claimUser(t, e, q, "u", 10)
+		if len(b.Items) != 1 || b.Items[0].ID != "perm" || b.Items[0].Attempts != 1 {
+			t.Fatalf("claim after requeue: %+v", b.Items)
+		}
+		must[int](t, "Ack")(q.Ack(ctxb, b, "perm"))
+		if e.redis {
+			return // a real hour is too long; memory checks the retry fires
+		}
+		e.after(e.now().Add(time.Hour + time.Second))
+		b = claimUser(t, e, q, "u", 10)
+		if len(b.Items) != 1 || b.Items[0].ID != "retry" || b.Items[0].Attempts != 2 || b.Items[0].LastError != "novu 503" {
+			t.Fatalf("retry claim %+v", b.Items)
+		}
+	})
+}
+
+// TestRetryBackoff: a Nack without RetryAfter becomes due again within the
+// configured backoff (base 100ms: at most 100ms for a first attempt).
+func TestRetryBackoff(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{BackoffBase: 100 * time.Millisecond, BackoffCap: 100 * time.Millisecond})
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "x")))
+		b := claimUser(t, e, q, "u", 1)
+		must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "x", Err: errors.New("timeout")}))
+		e.after(e.now().Add(101 * time.Millisecond))
+		b = claimUser(t, e, q, "u", 1)
+		if b.Items[0].Attempts != 2 || b.Items[0].LastError != "timeout" {
+			t.Fatalf("retried item %+v", b.Items[0])
+		}
+	})
+}
+
+// TestExpired: an item past ExpiresAt goes to the dead set with reason
+// "expired" at claim time instead of being delivered; Pending hides it.
+func TestExpired(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		now := e.now()
+		n := note("u", "reminder")
+		// Far enough ahead that "fresh" is claimed and acked before it is
+		// due, even on a loaded machine.
+		n.ScheduledFor = now.Add(time.Second)
+		n.ExpiresAt = now.Add(1100 * time.Millisecond)
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "fresh")))
+		b := claimUser(t, e, q, "u", 5)
+		if !slices.Equal(ids(b.Items), []string{"fresh"}) {
+			t.Fatalf("claimed %v", ids(b.Items))
+		}
+		must[int](t, "Ack")(q.Ack(ctxb, b, "fresh"))
+		e.after(n.ExpiresAt)
+		if got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
+			t.Fatalf("Pending shows expired %v", ids(got))
+		}
+		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
+			t.Fatalf("Claim got expired %v", ids(bs[0].Items))
+		}
+		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		if len(dead) != 1 || dead[0].ID != "reminder" || dead[0].LastError != ReasonExpired || dead[0].Attempts != 0 {
+			t.Fatalf("ListDead %+v, want the reminder, expired", dead)
+		}
+	})
+}
+
+// TestScheduledWeekAhead: a notification scheduled 7 days ahead stays
+// scheduled (not pending, not claimable) and can be cancelled.
+// (memory_test.go checks that it becomes due after 7 days; redis_test.go
+// that no key has a TTL.)
+func TestScheduledWeekAhead(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		n := note("u", "in-a-week")
+		n.ScheduledFor = e.now().Add(7 * 24 * time.Hour)
+		if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StateScheduled {
+			t.Fatalf("state %s, want scheduled", r.State)
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Scheduled: 1}) {
+			t.Fatalf("Stats %+v, want 1 scheduled", st)
+		}
+		if got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
+			t.Fatalf("Pending %v", ids(got))
+		}
+		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
+			t.Fatalf("Claim %v", bs)
+		}
+		must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, "u", "in-a-week"))
+		wantErr(t, "second Cancel", q.Cancel(ctxb, "u", "in-a-week"), ErrNotFound)
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
+			t.Fatalf("Stats after Cancel %+v, want zero", st)
+		}
+	})
+}
+
+// TestCancelStates: Cancel works on queued, leased and dead items; a
+// cancelled leased item is not acked.
+func TestCancelStates(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		for _, id := range []string{"a", "b", "c"} {
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+		}
+		b := claimUser(t, e, q, "u", 2) // a, b leased
+		must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "b", Permanent: true}))
+		for _, id := range []string{"a", "b", "c"} {
+			must[struct{}](t, "Cancel "+id)(struct{}{}, q.Cancel(ctxb, "u", id))
+		}
+		if n := must[int](t, "Ack")(q.Ack(ctxb, b, "a")); n != 0 {
+			t.Fatalf("Ack of a cancelled item acked %d", n)
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
+			t.Fatalf("Stats %+v, want zero", st)
+		}
+		if d := e.dump(); strings.Contains(d, `"a"`) || strings.Contains(d, "u:a") {
+			t.Fatalf("cancelled items left traces:\n%s", d)
+		}
+	})
+}
+
+// TestRemove is the original API: Pending, then Remove what was sent.
+func TestRemove(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		for _, id := range []string{"a", "b", "c"} {
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+		}
+		got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))
+		if n := must[int](t, "Remove")(q.Remove(ctxb, "u", append(ids(got), "missing")...)); n != 2 {
+			t.Fatalf("Remove removed %d, want 2", n)
+		}
+		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10))); !slices.Equal(got, []string{"c"}) {
+			t.Fatalf("Pending after Remove %v", got)
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 1, Delivered: 2}) {
+			t.Fatalf("Stats %+v", st)
+		}
+		if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
+			t.Fatalf("re-Enqueue of a removed id %+v", r)
+		}
+	})
+}
+
+// TestExtend: Extend renews the lease from now; after a takeover it is lost.
+func TestExtend(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{Lease: 300 * time.Millisecond})
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+		b := claimUser(t, e, q, "u", 1)
+		first := b.ExpiresAt
+		e.after(e.now().Add(100 * time.Millisecond))
+		must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
+		if !b.ExpiresAt.After(first) {
+			t.Fatalf("Extend: expiry %v, was %v", b.ExpiresAt, first)
+		}
+		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 1)); len(bs) != 0 && time.Now().Before(b.ExpiresAt) {
+			t.Fatal("claimed during an extended lease")
+		}
+		must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
+	})
+}
+
+// TestDeadCap: the dead set keeps the newest DeadCap items; the dropped
+// ones leave no record behind.
+func TestDeadCap(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{DeadCap: 3, Shards: 1})
+		for i := range 5 {
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", fmt.Sprint(i))))
+		}
+		b := claimUser(t, e, q, "u", 5)
+		for _, it := range b.Items {
+			e.after(e.now().Add(2 * time.Millisecond)) // distinct times of death
+			must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Permanent: true, Err: errors.New("bad")}))
+		}
+		st := must[Stats](t, "Stats")(q.Stats(ctxb))
+		if st != (Stats{Dead: 3, DeadDropped: 2}) {
+			t.Fatalf("Stats %+v, want 3 dead, 2 dropped", st)
+		}
+		if got := ids(must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))); !slices.Equal(got, []string{"4", "3", "2"}) {
+			t.Fatalf("ListDead %v, want the newest three", got)
+		}
+		d := e.dump()
+		for _, gone := range []string{`u:0`, `u:1`, `"0"`, `"1"`} {
+			if strings.Contains(d, gone) {
+				t.Fatalf("a dropped dead item left %s behind:\n%s", gone, d)
+			}
+		}
+	})
+}
+
+// TestBadInput: invalid arguments return ErrInvalidArgument and write
+// nothing.
+func TestBadInput(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "seed")))
+		now := e.now()
+		with := func(f func(n *Notification)) Notification {
+			n := note("u", "x")
+			f(&n)
+			return n
+		}
+		enq := func(n Notification) func() error {
+			return func() error { _, err := q.Enqueue(ctxb, n); return err }
+		}
+		cases := []struct {
+			name string
+			call func() error
+		}{
+			{"empty user", enq(with(func(n *Notification) { n.UserID = "" }))},
+			{"long user", enq(with(func(n *Notification) { n.UserID = strings.Repeat("u", MaxUserIDLen+1) }))},
+			{"non-UTF-8 user", enq(with(func(n *Notification) { n.UserID = "\xff" }))},
+			{"long id", enq(with(func(n *Notification) { n.ID = strings.Repeat("i", MaxIDLen+1) }))},
+			{"empty type", enq(with(func(n *Notification) { n.Type = "" }))},
+			{"bad priority", enq(with(func(n *Notification) { n.Priority = 7 }))},
+			{"negative priority", enq(with(func(n *Notification) { n.Priority = -1 }))},
+			{"expires before scheduled", enq(with(func(n *Notification) {
+				n.ScheduledFor, n.ExpiresAt = now.Add(time.Hour), now.Add(time.Minute)
+			}))},
+			{"expires at scheduled", enq(with(func(n *Notification) { n.ScheduledFor, n.ExpiresAt = now.Add(time.Hour), now.Add(time.Hour) }))},
+			{"expired already", enq(with(func(n *Notification) { n.ExpiresAt = time.Now().Add(-time.Second) }))},
+			{"scheduled too late", enq(with(func(n *Notification) { n.ScheduledFor = time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC) }))},
+			{"too large data", enq(with(func(n *Notification) {
+				n.Data = json.RawMessage(`"` + strings.Repeat("x", MaxPayloadSize) + `"`)
+			}))},
+			{"invalid JSON data", enq(with(func(n *Notification) { n.Data = json.RawMessage(`{`) }))},
+			{"MaxAttempts negative", enq(with(func(n *Notification) { n.MaxAttempts = -1 }))},
+			{"MaxAttempts too large", enq(with(func(n *Notification) { n.MaxAttempts = MaxAttemptsLimit + 1 }))},
+			{"EnqueueMany too many", func() error { _, err := q.EnqueueMany(ctxb, make([]Notification, MaxBatch+1)); return err }},
+			{"Pending empty user", func() error { _, err := q.Pending(ctxb, "", 1); return err }},
+			{"Pending limit", func() error { _, err := q.Pending(ctxb, "u", MaxPendingLimit+1); return err }},
+			{"Remove empty id", func() error { _, err := q.Remove(ctxb, "u", "seed", ""); return err }},
+			{"Cancel empty user", func() error { return q.Cancel(ctxb, "", "seed") }},
+			{"Cancel empty id", func() error { return q.Cancel(ctxb, "u", "") }},
+			{"RequeueDead empty id", func() error { return q.RequeueDead(ctxb, "u", "") }},
+			{"ListDead limit", func() error { _, err := q.ListDead(ctxb, -1); return err }},
+			{"Claim negative", func() error { _, err := q.Claim(ctxb, -1, 1); return err }},
+			{"Claim perUser", func() error { _, err := q.Claim(ctxb, 1, MaxPerUser+1); return err }},
+			{"Ack no token", func() error { _, err := q.Ack(ctxb, Batch{UserID: "u"}, "seed"); return err }},
+			{"Nack negative RetryAfter", func() error {
+				_, err := q.Nack(ctxb, Batch{UserID: "u", Token: "t"}, Failure{ID: "seed", RetryAfter: -1})
+				return err
+			}},
+			{"Extend nil", func() error { return q.Extend(ctxb, nil) }},
+		}
+		before := e.dump()
+		for _, c := range cases {
+			wantErr(t, c.name, c.call(), ErrInvalidArgument)
+		}
+		if after := e.dump(); after != before {
+			t.Fatalf("bad input wrote:\nbefore:\n%s\nafter:\n%s", before, after)
+		}
+	})
+}
+
+func TestParsePriority(t *testing.T) {
+	for s, want := range map[string]Priority{"high": PriorityHigh, "normal": PriorityNormal, "": PriorityNormal, "low": PriorityLow} {
+		if p, err := ParsePriority(s); err != nil || p != want || (s != "" && p.String() != s) {
+			t.Errorf("ParsePriority(%q) = %v, %v", s, p, err)
+		}
+	}
+	if _, err := ParsePriority("urgent"); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("ParsePriority(urgent): %v", err)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	base, limit := time.Second, 10*time.Second
+	top := func(n int64) int64 { return n - 1 }
+	for attempts, want := range map[int]time.Duration{0: time.Second, 1: time.Second, 2: 2 * time.Second, 3: 4 * time.Second, 4: 8 * time.Second, 5: 10 * time.Second, 60: 10 * time.Second} {
+		if got := backoff(base, limit, attempts, top); got != want {
+			t.Errorf("backoff ceiling after %d attempts = %v, want %v", attempts, got, want)
+		}
+	}
+	if got := backoff(base, limit, 3, func(int64) int64 { return 0 }); got != 0 {
+		t.Errorf("full jitter floor = %v, want 0", got)
+	}
+}

@@ -1,0 +1,627 @@
+package notify
+
+import (
+	"context"
+	"crypto/sha1"
+	_ "embed"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"hash/crc32"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/elevacare/eleva-redis/internal/keys"
+)
+
+// The Lua scripts; KEYS and ARGV are documented at the top of each file, the
+// data model at the top of common.lua, which is prepended to each. Every
+// script's keys share one hash tag (the user's shard), so each runs in one
+// Cluster slot.
+var (
+	//go:embed common.lua
+	luaCommon string
+	//go:embed enqueue.lua
+	luaEnqueue string
+	//go:embed due.lua
+	luaDue string
+	//go:embed claim.lua
+	luaClaim string
+	//go:embed ack.lua
+	luaAck string
+	//go:embed nack.lua
+	luaNack string
+	//go:embed extend.lua
+	luaExtend string
+	//go:embed pending.lua
+	luaPending string
+	//go:embed remove.lua
+	luaRemove string
+	//go:embed cancel.lua
+	luaCancel string
+	//go:embed requeue.lua
+	luaRequeue string
+	//go:embed stats.lua
+	luaStats string
+	//go:embed dead.lua
+	luaDead string
+
+	scriptEnqueue = newScript("enqueue", luaEnqueue)
+	scriptDue     = newScript("due", luaDue)
+	scriptClaim   = newScript("claim", luaClaim)
+	scriptAck     = newScript("ack", luaAck)
+	scriptNack    = newScript("nack", luaNack)
+	scriptExtend  = newScript("extend", luaExtend)
+	scriptPending = newScript("pending", luaPending)
+	scriptRemove  = newScript("remove", luaRemove)
+	scriptCancel  = newScript("cancel", luaCancel)
+	scriptRequeue = newScript("requeue", luaRequeue)
+	scriptStats   = newScript("stats", luaStats)
+	scriptDead    = newScript("dead", luaDead)
+)
+
+// script is a Lua script (common.lua + its own file) run with EVALSHA,
+// falling back to EVAL when the server does not know it.
+type script struct {
+	name, src, sha string
+}
+
+func newScript(name, body string) *script {
+	src := luaCommon + body
+	sum := sha1.Sum([]byte(src))
+	return &script{name: name, src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// call is one script invocation.
+type call struct {
+	s          *script
+	keys, args []string
+}
+
+const keyCapability = "nq"
+
+// redisBackend is the Redis backend.
+type redisBackend struct {
+	client       rueidis.Client
+	kb           keys.Builder
+	timeout      time.Duration
+	shards       int
+	lease        time.Duration
+	deadCap      int // per shard
+	deliveredCap int // per shard
+	log          *slog.Logger
+	cursor       atomic.Uint64
+	// onScript, when set (tests), sees every script's name and keys before
+	// it is sent.
+	onScript func(name string, keys []string)
+}
+
+var _ backend = (*redisBackend)(nil)
+
+// NewRedis returns a Queue kept in Redis (standalone, Sentinel or Cluster)
+// through client, shared by every instance using the same Prefix,
+// KeyHashSecret and Shards.
+//
+// Keys (the data model is documented in common.lua and docs/notify.md):
+// every user belongs to one of Config.Shards shards (crc32 of the key-safe
+// user id), and all keys of a shard, the shard's due index and every one of
+// its users' queues, share the hash tag "{<shard>}":
+//
+//	<prefix>nq:{<s>}:due | :data | :w | :r | :dead | :done | :stats
+//	<prefix>nq:{<s>}:u:<user> | :u:<user>:f | :u:<user>:l
+//
+// No key has a TTL: pending notifications never expire with a key. Run
+// Redis with maxmemory-policy noeviction.
+//
+// NewRedis has no error result: when cfg is invalid (a bad Prefix, see
+// keys.New) or client is nil, the problem is logged once and every call
+// returns an error wrapping ErrBackend.
+func NewRedis(client rueidis.Client, cfg Config) Queue {
+	var cfgErr error
+	kb, err := keys.New(cfg.Prefix, cfg.KeyHashSecret)
+	switch {
+	case err != nil:
+		cfgErr = fmt.Errorf("%w: %w", ErrBackend, err)
+	case client == nil:
+		cfgErr = fmt.Errorf("%w: NewRedis was given a nil client", ErrBackend)
+	}
+	if cfgErr != nil {
+		cfg.logger().Error("notify: unusable Redis queue configuration; every call will fail", "err", cfgErr.Error())
+	}
+	shards := cfg.shards()
+	r := &redisBackend{
+		client:       client,
+		kb:           kb,
+		timeout:      cfg.timeout(),
+		shards:       shards,
+		lease:        cfg.lease(),
+		deadCap:      (cfg.deadCap() + shards - 1) / shards,
+		deliveredCap: (cfg.deliveredCap() + shards - 1) / shards,
+		log:          cfg.logger(),
+	}
+	return &queue{cfg: cfg, b: r, m: newMetrics(cfg.Registerer), kind: "redis", cfgErr: cfgErr, timeout: r.timeout}
+}
+
+// shardKeys are the per-shard keys.
+type shardKeys struct {
+	tag                                   string // <prefix>nq:{<s>}
+	due, data, w, r, dead, done, statsKey string
+}
+
+func (r *redisBackend) shard(s int) shardKeys {
+	tag := r.kb.RawKey(keyCapability, strconv.Itoa(s))
+	return shardKeys{tag: tag, due: tag + ":due", data: tag + ":data", w: tag + ":w", r: tag + ":r",
+		dead: tag + ":dead", done: tag + ":done", statsKey: tag + ":stats"}
+}
+
+// userKeys are one user's keys and its key-safe id.
+type userKeys struct {
+	shardKeys
+	uid, queue, inflight, lease string
+}
+
+func (r *redisBackend) userByUID(uid string) userKeys {
+	sk := r.shard(int(crc32.ChecksumIEEE([]byte(uid)) % uint32(r.shards)))
+	q := sk.tag + ":u:" + uid
+	return userKeys{shardKeys: sk, uid: uid, queue: q, inflight: q + ":f", lease: q + ":l"}
+}
+
+func (r *redisBackend) user(userID string) userKeys { return r.userByUID(r.kb.ID(userID)) }
+
+func itoa(v int64) string { return strconv.FormatInt(v, 10) }
+
+// run sends calls in one pipeline (each to its slot's node) under
+// Config.Timeout and returns their results; err is for the whole call.
+func (r *redisBackend) run(ctx context.Context, op string, calls []call) ([]rueidis.RedisResult, error) {
+	cctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	cmds := make(rueidis.Commands, len(calls))
+	for i, c := range calls {
+		if r.onScript != nil {
+			r.onScript(c.s.name, c.keys)
+		}
+		cmds[i] = r.client.B().Evalsha().Sha1(c.s.sha).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build()
+	}
+	res := r.client.DoMulti(cctx, cmds...)
+	var again []int
+	for i, x := range res {
+		if e, ok := rueidis.IsRedisErr(x.Error()); ok && e.IsNoScript() {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		cmds = cmds[:0]
+		for _, i := range again {
+			c := calls[i]
+			cmds = append(cmds, r.client.B().Eval().Script(c.s.src).Numkeys(int64(len(c.keys))).Key(c.keys...).Arg(c.args...).Build())
+		}
+		for j, x := range r.client.DoMulti(cctx, cmds...) {
+			res[again[j]] = x
+		}
+	}
+	for _, x := range res {
+		if err := x.Error(); err != nil {
+			return res, r.fail(ctx, op, err)
+		}
+	}
+	return res, nil
+}
+
+// fail maps a failure to the caller's ctx error when the caller gave up,
+// ErrBackend otherwise (logged).
+func (r *redisBackend) fail(ctx context.Context, op string, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("notify: %s: %w", op, ctx.Err())
+	}
+	r.log.Warn("notify: Redis call failed", "op", op, "err", err.Error())
+	return fmt.Errorf("%w: %s: %w", ErrBackend, op, err)
+}
+
+func (r *redisBackend) one(ctx context.Context, op string, c call) (rueidis.RedisResult, error) {
+	res, err := r.run(ctx, op, []call{c})
+	if err != nil {
+		return rueidis.RedisResult{}, err
+	}
+	return res[0], nil
+}
+
+func (r *redisBackend) bad(ctx context.Context, op string, err error) error {
+	return r.fail(ctx, op, fmt.Errorf("unexpected reply: %w", err))
+}
+
+func msOf(t time.Time) string {
+	if t.IsZero() {
+		return "0"
+	}
+	return itoa(t.UnixMilli())
+}
+
+func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, error) {
+	calls := make([]call, len(items))
+	for i, it := range items {
+		u := r.user(it.n.UserID)
+		calls[i] = call{s: scriptEnqueue,
+			keys: []string{u.due, u.queue, u.lease, u.data, u.w, u.statsKey, u.done},
+			args: []string{u.uid, it.n.ID, strconv.Itoa(it.n.Priority.band()), msOf(it.n.ScheduledFor), msOf(it.n.ExpiresAt),
+				strconv.Itoa(it.n.MaxAttempts), string(it.payload)}}
+	}
+	res, err := r.run(ctx, "enqueue", calls)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Result, len(items))
+	for i, x := range res {
+		v, err := x.ToArray()
+		if err != nil || len(v) != 3 {
+			return nil, r.bad(ctx, "enqueue", fmt.Errorf("%d elements, %v", len(v), err))
+		}
+		now, _ := v[0].AsInt64()
+		created, _ := v[1].AsInt64()
+		meta, _ := v[2].ToString()
+		out[i] = Result{ID: items[i].n.ID, Created: created == 1}
+		if meta == "delivered" {
+			out[i].State = StateDelivered
+			continue
+		}
+		m, err := parseMeta(meta)
+		if err != nil {
+			return nil, r.bad(ctx, "enqueue", err)
+		}
+		out[i].State = m.state(now)
+	}
+	return out, nil
+}
+
+// meta is the mutable part of a stored notification (see common.lua).
+type meta struct {
+	st                   byte
+	band                 int
+	due, sched, expires  int64
+	attempts, maxAttempt int
+	lastError            string
+}
+
+func parseMeta(s string) (meta, error) {
+	f := strings.SplitN(s, "|", 9)
+	if len(f) != 9 || len(f[0]) != 1 {
+		return meta{}, fmt.Errorf("bad meta %q", s)
+	}
+	var m meta
+	var errs [6]error
+	m.st = f[0][0]
+	m.band, errs[0] = strconv.Atoi(f[2])
+	m.due, errs[1] = strconv.ParseInt(f[3], 10, 64)
+	m.sched, errs[2] = strconv.ParseInt(f[4], 10, 64)
+	m.expires, errs[3] = strconv.ParseInt(f[5], 10, 64)
+	m.attempts, errs[4] = strconv.Atoi(f[6])
+	m.maxAttempt, errs[5] = strconv.Atoi(f[7])
+	for _, e := range errs {
+		if e != nil {
+			return meta{}, fmt.Errorf("bad meta %q: %w", s, e)
+		}
+	}
+	m.lastError = f[8]
+	return m, nil
+}
+
+// state is the HTTP API state of an item with this meta at now (ms).
+func (m meta) state(now int64) State {
+	switch m.st {
+	case 'f':
+		return StateInflight
+	case 'd':
+		return StateDead
+	}
+	switch {
+	case m.due <= now:
+		return StatePending
+	case m.attempts > 0:
+		return StateRetrying
+	}
+	return StateScheduled
+}
+
+func msTime(ms int64) time.Time {
+	if ms == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(ms)
+}
+
+func decode(id, rawPayload, rawMeta string, now int64) (Notification, error) {
+	var p payload
+	if err := json.Unmarshal([]byte(rawPayload), &p); err != nil {
+		return Notification{}, fmt.Errorf("bad payload: %w", err)
+	}
+	m, err := parseMeta(rawMeta)
+	if err != nil {
+		return Notification{}, err
+	}
+	return Notification{ID: id, UserID: p.U, Type: p.T, Title: p.H, Message: p.M, Data: p.D,
+		Priority: priorityOfBand(m.band), ScheduledFor: msTime(m.sched), ExpiresAt: msTime(m.expires),
+		Attempts: m.attempts, MaxAttempts: m.maxAttempt, State: m.state(now), LastError: m.lastError}, nil
+}
+
+// triples decodes {id, payload, meta, ...} from v[start:].
+func triples(v []rueidis.RedisMessage, start int, now int64) ([]Notification, error) {
+	if (len(v)-start)%3 != 0 {
+		return nil, fmt.Errorf("%d elements", len(v))
+	}
+	out := make([]Notification, 0, (len(v)-start)/3)
+	for i := start; i+2 < len(v); i += 3 {
+		id, _ := v[i].ToString()
+		p, _ := v[i+1].ToString()
+		m, _ := v[i+2].ToString()
+		n, err := decode(id, p, m, now)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func (r *redisBackend) pending(ctx context.Context, userID string, limit int) ([]Notification, error) {
+	u := r.user(userID)
+	x, err := r.one(ctx, "pending", call{s: scriptPending, keys: []string{u.queue, u.data}, args: []string{u.uid, strconv.Itoa(limit)}})
+	if err != nil {
+		return nil, err
+	}
+	v, err := x.ToArray()
+	if err != nil || len(v) == 0 {
+		return nil, r.bad(ctx, "pending", fmt.Errorf("%v", err))
+	}
+	now, _ := v[0].AsInt64()
+	out, err := triples(v, 1, now)
+	if err != nil {
+		return nil, r.bad(ctx, "pending", err)
+	}
+	return out, nil
+}
+
+func (r *redisBackend) remove(ctx context.Context, userID string, ids []string) (int, error) {
+	u := r.user(userID)
+	args := append([]string{u.uid, strconv.Itoa(r.deliveredCap)}, ids...)
+	x, err := r.one(ctx, "remove", call{s: scriptRemove, keys: []string{u.due, u.queue, u.lease, u.data, u.w, u.r, u.statsKey, u.done}, args: args})
+	if err != nil {
+		return 0, err
+	}
+	n, err := x.AsInt64()
+	if err != nil {
+		return 0, r.bad(ctx, "remove", err)
+	}
+	return int(n), nil
+}
+
+func (r *redisBackend) cancel(ctx context.Context, userID, id string) (bool, error) {
+	u := r.user(userID)
+	x, err := r.one(ctx, "cancel", call{s: scriptCancel,
+		keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.w, u.r, u.dead, u.statsKey}, args: []string{u.uid, id}})
+	if err != nil {
+		return false, err
+	}
+	n, err := x.AsInt64()
+	if err != nil {
+		return false, r.bad(ctx, "cancel", err)
+	}
+	return n == 1, nil
+}
+
+func (r *redisBackend) requeueDead(ctx context.Context, userID, id string) (bool, error) {
+	u := r.user(userID)
+	x, err := r.one(ctx, "requeue_dead", call{s: scriptRequeue,
+		keys: []string{u.due, u.queue, u.lease, u.data, u.w, u.dead}, args: []string{u.uid, id}})
+	if err != nil {
+		return false, err
+	}
+	n, err := x.AsInt64()
+	if err != nil {
+		return false, r.bad(ctx, "requeue_dead", err)
+	}
+	return n == 1, nil
+}
+
+func (r *redisBackend) stats(ctx context.Context) (Stats, error) {
+	calls := make([]call, r.shards)
+	for s := range calls {
+		k := r.shard(s)
+		calls[s] = call{s: scriptStats, keys: []string{k.w, k.r, k.dead, k.statsKey}}
+	}
+	res, err := r.run(ctx, "stats", calls)
+	if err != nil {
+		return Stats{}, err
+	}
+	var st Stats
+	for _, x := range res {
+		v, err := x.AsIntSlice()
+		if err != nil || len(v) != 7 {
+			return Stats{}, r.bad(ctx, "stats", fmt.Errorf("%d elements, %v", len(v), err))
+		}
+		st.Scheduled += v[0]
+		st.Pending += v[1]
+		st.Inflight += v[2]
+		st.Retrying += v[3]
+		st.Dead += v[4]
+		st.Delivered += v[5]
+		st.DeadDropped += v[6]
+	}
+	return st, nil
+}
+
+func (r *redisBackend) listDead(ctx context.Context, limit int) ([]Notification, error) {
+	calls := make([]call, r.shards)
+	for s := range calls {
+		k := r.shard(s)
+		calls[s] = call{s: scriptDead, keys: []string{k.dead, k.data}, args: []string{strconv.Itoa(limit)}}
+	}
+	res, err := r.run(ctx, "list_dead", calls)
+	if err != nil {
+		return nil, err
+	}
+	type dead struct {
+		n  Notification
+		at int64
+	}
+	var all []dead
+	for _, x := range res {
+		v, err := x.ToArray()
+		if err != nil || len(v) == 0 || (len(v)-1)%3 != 0 {
+			return nil, r.bad(ctx, "list_dead", fmt.Errorf("%d elements, %v", len(v), err))
+		}
+		now, _ := v[0].AsInt64()
+		for i := 1; i+2 < len(v); i += 3 {
+			ref, _ := v[i].ToString()
+			p, _ := v[i+1].ToString()
+			ms, _ := v[i+2].ToString()
+			_, id, _ := strings.Cut(ref, ":")
+			n, err := decode(id, p, ms, now)
+			if err != nil {
+				return nil, r.bad(ctx, "list_dead", err)
+			}
+			m, _ := parseMeta(ms)
+			all = append(all, dead{n, m.due})
+		}
+	}
+	slices.SortStableFunc(all, func(a, b dead) int {
+		if a.at != b.at {
+			return int(b.at - a.at)
+		}
+		return strings.Compare(a.n.ID, b.n.ID)
+	})
+	out := make([]Notification, 0, min(limit, len(all)))
+	for _, d := range all[:min(limit, len(all))] {
+		out = append(out, d.n)
+	}
+	return out, nil
+}
+
+// claimChunk is how many shards' due indexes one round trip reads.
+const claimChunk = 64
+
+func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batch, error) {
+	// 1. Find due users, shard by shard from a rotating start, so that no
+	// shard starves the others.
+	start := int(r.cursor.Add(1) % uint64(r.shards))
+	var users []string
+	for done := 0; done < r.shards && len(users) < maxUsers; {
+		n := min(claimChunk, r.shards-done)
+		calls := make([]call, n)
+		for i := range calls {
+			k := r.shard((start + done + i) % r.shards)
+			calls[i] = call{s: scriptDue, keys: []string{k.due}, args: []string{strconv.Itoa(maxUsers - len(users))}}
+		}
+		done += n
+		res, err := r.run(ctx, "claim", calls)
+		if err != nil {
+			return nil, err
+		}
+		for _, x := range res {
+			v, err := x.AsStrSlice()
+			if err != nil || len(v) == 0 {
+				return nil, r.bad(ctx, "claim", fmt.Errorf("%v", err))
+			}
+			users = append(users, v[1:]...)
+		}
+	}
+	users = users[:min(len(users), maxUsers)]
+	if len(users) == 0 {
+		return nil, nil
+	}
+	// 2. Claim each one; a user another claimer took first is skipped.
+	calls := make([]call, len(users))
+	tokens := make([]string, len(users))
+	for i, uid := range users {
+		u := r.userByUID(uid)
+		tokens[i] = newToken()
+		calls[i] = call{s: scriptClaim,
+			keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.w, u.r, u.dead, u.statsKey},
+			args: []string{uid, tokens[i], itoa(r.lease.Milliseconds()), strconv.Itoa(perUser), strconv.Itoa(r.deadCap)}}
+	}
+	res, err := r.run(ctx, "claim", calls)
+	if err != nil {
+		return nil, err
+	}
+	var out []Batch
+	for i, x := range res {
+		v, err := x.ToArray()
+		if err != nil || len(v) < 3 {
+			return nil, r.bad(ctx, "claim", fmt.Errorf("%d elements, %v", len(v), err))
+		}
+		now, _ := v[0].AsInt64()
+		exp, _ := v[1].AsInt64()
+		if exp == 0 {
+			continue
+		}
+		items, err := triples(v, 3, now)
+		if err != nil {
+			return nil, r.bad(ctx, "claim", err)
+		}
+		out = append(out, Batch{UserID: items[0].UserID, Items: items, Token: tokens[i], ExpiresAt: time.UnixMilli(exp)})
+	}
+	return out, nil
+}
+
+func (r *redisBackend) ack(ctx context.Context, b Batch, ids []string) (int, error) {
+	u := r.user(b.UserID)
+	args := append([]string{u.uid, b.Token, strconv.Itoa(r.deliveredCap)}, ids...)
+	x, err := r.one(ctx, "ack", call{s: scriptAck, keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.statsKey, u.done}, args: args})
+	if err != nil {
+		return 0, err
+	}
+	n, err := x.AsInt64()
+	if err != nil {
+		return 0, r.bad(ctx, "ack", err)
+	}
+	if n < 0 {
+		return 0, leaseLost("ack")
+	}
+	return int(n), nil
+}
+
+func (r *redisBackend) nack(ctx context.Context, b Batch, fails []nackItem) (int, error) {
+	u := r.user(b.UserID)
+	args := make([]string, 0, 3+4*len(fails))
+	args = append(args, u.uid, b.Token, strconv.Itoa(r.deadCap))
+	for _, f := range fails {
+		perm := "0"
+		if f.permanent {
+			perm = "1"
+		}
+		args = append(args, f.id, itoa(f.delay.Milliseconds()), perm, f.err)
+	}
+	x, err := r.one(ctx, "nack", call{s: scriptNack, keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.r, u.dead, u.statsKey}, args: args})
+	if err != nil {
+		return 0, err
+	}
+	v, err := x.AsIntSlice()
+	if err != nil || len(v) == 0 {
+		return 0, r.bad(ctx, "nack", fmt.Errorf("%v", err))
+	}
+	if v[0] < 0 {
+		return 0, leaseLost("nack")
+	}
+	return int(v[0]), nil
+}
+
+func (r *redisBackend) extend(ctx context.Context, b *Batch) error {
+	u := r.user(b.UserID)
+	x, err := r.one(ctx, "extend", call{s: scriptExtend, keys: []string{u.due, u.lease}, args: []string{u.uid, b.Token, itoa(r.lease.Milliseconds())}})
+	if err != nil {
+		return err
+	}
+	exp, err := x.AsInt64()
+	if err != nil {
+		return r.bad(ctx, "extend", err)
+	}
+	if exp < 0 {
+		return leaseLost("extend")
+	}
+	b.ExpiresAt = time.UnixMilli(exp)
+	return nil
+}
