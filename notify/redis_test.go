@@ -1,0 +1,267 @@
+package notify
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/elevacare/eleva-redis/internal/redistest"
+)
+
+// workflow exercises every script: enqueue (one and many, scheduled a week
+// ahead), pending, claim, ack, nack (retry and dead), extend, cancel,
+// requeue, remove, stats, list dead.
+func workflow(t *testing.T, q Queue) {
+	t.Helper()
+	for u := range 20 {
+		user := fmt.Sprintf("patient:%d {x}*", u) // separators, braces, globs
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note(user, "a")))
+		week := note(user, "week")
+		week.ScheduledFor = time.Now().Add(7 * 24 * time.Hour)
+		week.ExpiresAt = week.ScheduledFor.Add(time.Hour)
+		must[Result](t, "Enqueue week")(q.Enqueue(ctxb, week))
+		must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, []Notification{note(user, "b"), note(user, "c"), note(user, "d")}))
+		must[[]Notification](t, "Pending")(q.Pending(ctxb, user, 10))
+	}
+	for {
+		bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 7, 3))
+		if len(bs) == 0 {
+			break
+		}
+		for _, b := range bs {
+			must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
+			for _, it := range b.Items {
+				switch it.ID {
+				case "a":
+					must[int](t, "Ack")(q.Ack(ctxb, b, it.ID))
+				case "b":
+					must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("later"), RetryAfter: time.Hour}))
+				default:
+					must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("bad"), Permanent: true}))
+				}
+			}
+		}
+	}
+	for u := range 20 {
+		user := fmt.Sprintf("patient:%d {x}*", u)
+		must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, user, "c"))
+		must[int](t, "Remove")(q.Remove(ctxb, user, "c"))
+		if u%2 == 0 {
+			must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, user, "d"))
+		}
+	}
+	must[Stats](t, "Stats")(q.Stats(ctxb))
+	must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 100))
+}
+
+// TestRedisKeysOneSlotNoTTL: on the Cluster, every script's keys are in one
+// slot, and every key that exists afterwards was passed in some script's
+// KEYS (nothing is built from ARGV inside a script); on both servers no
+// notify key has a TTL (a week-ahead notification cannot vanish), and the
+// records and the indexes agree (no orphans).
+func TestRedisKeysOneSlotNoTTL(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		url  func(testing.TB) string
+	}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			url := tc.url(t)
+			client := redistest.Client(t, url)
+			prefix := redistest.Prefix(t)
+			q := NewRedis(client, quiet(Config{Prefix: prefix, Timeout: 10 * time.Second, Shards: 16}))
+			rb := q.(*queue).b.(*redisBackend)
+			var mu sync.Mutex
+			var calls [][]string
+			declared := map[string]bool{}
+			rb.onScript = func(_ string, ks []string) {
+				mu.Lock()
+				calls = append(calls, ks)
+				for _, k := range ks {
+					declared[k] = true
+				}
+				mu.Unlock()
+			}
+			workflow(t, q)
+
+			all := redisKeys(t, client, prefix)
+			if len(all) < 20 {
+				t.Fatalf("only %d keys: the workflow wrote less than expected", len(all))
+			}
+			for _, k := range all {
+				if !declared[k] {
+					t.Errorf("key %q exists but no script declared it in KEYS", k)
+				}
+				pttl, err := client.Do(ctxb, client.B().Pttl().Key(k).Build()).AsInt64()
+				if err != nil || pttl != -1 {
+					t.Errorf("key %q: PTTL %d, %v; want -1 (no TTL)", k, pttl, err)
+				}
+			}
+			if tc.name == "cluster" {
+				slot := map[string]int64{}
+				slotOf := func(k string) int64 {
+					if s, ok := slot[k]; ok {
+						return s
+					}
+					s, err := client.Do(ctxb, client.B().ClusterKeyslot().Key(k).Build()).AsInt64()
+					if err != nil {
+						t.Fatalf("CLUSTER KEYSLOT: %v", err)
+					}
+					slot[k] = s
+					return s
+				}
+				slots := map[int64]bool{}
+				for _, ks := range calls {
+					s := slotOf(ks[0])
+					slots[s] = true
+					for _, k := range ks[1:] {
+						if slotOf(k) != s {
+							t.Fatalf("one script's keys in slots %d and %d: %q", s, slotOf(k), ks)
+						}
+					}
+				}
+				if len(slots) < 3 {
+					t.Fatalf("scripts touched only %d slots: the test does not spread over the cluster", len(slots))
+				}
+			}
+			checkNoOrphans(t, client, all)
+		})
+	}
+}
+
+// checkNoOrphans: per shard, the data hash holds exactly two fields (payload
+// and meta) for every member of the users' queues, the leases and the dead
+// set, and nothing else.
+func checkNoOrphans(t *testing.T, client rueidis.Client, all []string) {
+	t.Helper()
+	fields := map[string]int64{}  // shard tag -> HLEN data
+	indexed := map[string]int64{} // shard tag -> items in indexes
+	for _, k := range all {
+		i := strings.Index(k, "}")
+		tag, rest := k[:i+1], k[i+1:]
+		card := func() int64 {
+			n, err := client.Do(ctxb, client.B().Zcard().Key(k).Build()).AsInt64()
+			if err != nil {
+				t.Fatalf("ZCARD %s: %v", k, err)
+			}
+			return n
+		}
+		switch {
+		case rest == ":data":
+			n, err := client.Do(ctxb, client.B().Hlen().Key(k).Build()).AsInt64()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fields[tag] = n
+		case rest == ":dead", strings.HasPrefix(rest, ":u:") && !strings.HasSuffix(rest, ":l"):
+			indexed[tag] += card()
+		}
+	}
+	total := int64(0)
+	for tag, n := range fields {
+		total += n
+		if n != 2*indexed[tag] {
+			t.Errorf("shard %s: %d data fields for %d indexed items", tag, n, indexed[tag])
+		}
+	}
+	if total == 0 {
+		t.Fatal("no data left: the orphan check checked nothing")
+	}
+}
+
+// TestRedisFailClosed: with redis-server killed, every call returns an
+// error wrapping ErrBackend within a bounded time (nothing is silently
+// dropped: an enqueue that was not stored says so); after a restart the
+// same Queue works again.
+func TestRedisFailClosed(t *testing.T) {
+	t.Parallel()
+	srv := redistest.NewServer(t)
+	const timeout = 200 * time.Millisecond
+	const bound = 2 * time.Second // generous: the point is "does not hang"
+	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 8}))
+	must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "before")))
+	b := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	if len(b) != 1 {
+		t.Fatal("no batch")
+	}
+
+	srv.Stop(t)
+
+	calls := []struct {
+		name string
+		call func() error
+	}{
+		{"Enqueue", func() error { _, err := q.Enqueue(ctxb, note("u", "during")); return err }},
+		{"EnqueueMany", func() error {
+			_, err := q.EnqueueMany(ctxb, []Notification{note("u", "m1"), note("v", "m2")})
+			return err
+		}},
+		{"Pending", func() error { _, err := q.Pending(ctxb, "u", 1); return err }},
+		{"Remove", func() error { _, err := q.Remove(ctxb, "u", "x"); return err }},
+		{"Cancel", func() error { return q.Cancel(ctxb, "u", "x") }},
+		{"Stats", func() error { _, err := q.Stats(ctxb); return err }},
+		{"ListDead", func() error { _, err := q.ListDead(ctxb, 1); return err }},
+		{"RequeueDead", func() error { return q.RequeueDead(ctxb, "u", "x") }},
+		{"Claim", func() error { _, err := q.Claim(ctxb, 1, 1); return err }},
+		{"Ack", func() error { _, err := q.Ack(ctxb, b[0], "before"); return err }},
+		{"Nack", func() error { _, err := q.Nack(ctxb, b[0], Failure{ID: "before"}); return err }},
+		{"Extend", func() error { return q.Extend(ctxb, &b[0]) }},
+	}
+	var slowest time.Duration
+	for round := range 2 {
+		for _, c := range calls {
+			start := time.Now()
+			err := c.call()
+			el := time.Since(start)
+			slowest = max(slowest, el)
+			if !errors.Is(err, ErrBackend) {
+				t.Fatalf("round %d: %s with Redis down: %v, want an error wrapping ErrBackend", round, c.name, err)
+			}
+			if el > bound {
+				t.Fatalf("%s with Redis down took %v, want within %v", c.name, el, bound)
+			}
+		}
+	}
+	t.Logf("slowest call with Redis down: %v (timeout %v)", slowest, timeout)
+
+	// Restart: the same Queue works again, without being rebuilt. (The
+	// test server keeps nothing across a restart; production runs with
+	// AOF.)
+	srv.Start(t)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := q.Enqueue(ctxb, note("u", "after"))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrBackend) || time.Now().After(deadline) {
+			t.Fatalf("Enqueue after restart: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
+	if len(got) != 1 || got[0] != "after" {
+		t.Fatalf("Pending after restart %v, want [after]", got)
+	}
+}
+
+// TestRedisBadConfig: a bad prefix or a nil client fails every call with
+// ErrBackend rather than writing somewhere unexpected.
+func TestRedisBadConfig(t *testing.T) {
+	t.Parallel()
+	for name, q := range map[string]Queue{
+		"bad prefix": NewRedis(redistest.Client(t, redistest.URL(t)), quiet(Config{Prefix: "{bad}"})),
+		"nil client": NewRedis(nil, quiet(Config{})),
+	} {
+		_, err := q.Enqueue(ctxb, note("u", "a"))
+		wantErr(t, name+": Enqueue", err, ErrBackend)
+		_, err = q.Claim(ctxb, 1, 1)
+		wantErr(t, name+": Claim", err, ErrBackend)
+	}
+}
