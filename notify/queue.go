@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"time"
@@ -469,6 +468,3 @@ func (q *queue) Extend(ctx context.Context, b *Batch) error {
 
 // leaseLost is the error of a fenced call whose lease is gone.
 func leaseLost(op string) error { return fmt.Errorf("%w: %s", ErrLeaseLost, op) }
-
-// isBackend reports whether err should be counted as a backend failure.
-func isBackend(err error) bool { return errors.Is(err, ErrBackend) }
