@@ -283,3 +283,28 @@ func TestConcurrentInstances(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// TestLeaseOverUndecodable: a stored value this cache cannot decode (another
+// type wrote it) is a miss for Lease as for GetOrLoad: the caller gets a
+// lease and its Fill replaces the value.
+func TestLeaseOverUndecodable(t *testing.T) {
+	forEachEnv(t, func(t *testing.T, e env) {
+		ctx := context.Background()
+		s := e.instance(t)
+		text := New[string](s, Config[string]{Namespace: "n"})
+		num := New[int64](s, Config[int64]{Namespace: "n"})
+		if err := text.Set(ctx, "k", "not a number"); err != nil {
+			t.Fatal(err)
+		}
+		_, _, lease, err := num.Lease(ctx, "k", 0)
+		if !errors.Is(err, ErrNotFound) || lease == "" {
+			t.Fatalf("Lease over an undecodable value: lease %q, %v; want a lease and ErrNotFound", lease, err)
+		}
+		if err := num.Fill(ctx, "k", lease, 42); err != nil {
+			t.Fatalf("Fill: %v", err)
+		}
+		if v, _, err := num.Get(ctx, "k"); err != nil || v != 42 {
+			t.Fatalf("Get after Fill: %d, %v", v, err)
+		}
+	})
+}

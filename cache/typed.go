@@ -990,7 +990,10 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 			if ok {
 				return v, m, "", err
 			}
-			return zero, Meta{}, "", fmt.Errorf("%w: stored value cannot be decoded", ErrCodec)
+			// Undecodable (written with another codec or type): a miss,
+			// as for GetOrLoad; lease to replace this copy.
+			refresh = strconv.FormatInt(r.e.cachedAt.UnixMilli(), 10)
+			continue
 		}
 		if r.token != "" && len(tks) > 0 {
 			token = joinLease(r.token, vers)
