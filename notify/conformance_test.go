@@ -890,3 +890,107 @@ func TestBackoff(t *testing.T) {
 		t.Errorf("full jitter floor = %v, want 0", got)
 	}
 }
+
+// TestConcurrentWorkers: 8 workers on 4 instances claim, ack and nack
+// concurrently while more is enqueued; no item is in two live batches at
+// once, and in the end every item is delivered exactly once.
+func TestConcurrentWorkers(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		qs := e.instances(Config{BackoffBase: time.Millisecond, BackoffCap: time.Millisecond}, 4)
+		const users, perUser = 20, 10
+		var ns []Notification
+		for u := range users {
+			for i := range perUser {
+				ns = append(ns, note(fmt.Sprintf("user-%d", u), fmt.Sprint(i)))
+			}
+		}
+		must[[]Result](t, "EnqueueMany")(qs[0].EnqueueMany(ctxb, ns[:len(ns)/2]))
+		var (
+			mu      sync.Mutex
+			holding = map[string]bool{} // user/id in a live batch
+			acked   = map[string]int{}
+			wg      sync.WaitGroup
+			failed  atomic.Bool
+		)
+		wg.Go(func() {
+			if _, err := qs[1].EnqueueMany(ctxb, ns[len(ns)/2:]); err != nil {
+				t.Error(err)
+			}
+		})
+		deadline := time.Now().Add(20 * time.Second)
+		for w := range 8 {
+			wg.Go(func() {
+				q := qs[w%4]
+				for !failed.Load() {
+					mu.Lock()
+					n := len(acked)
+					mu.Unlock()
+					if n == len(ns) || time.Now().After(deadline) {
+						return
+					}
+					bs, err := q.Claim(ctxb, 3, 3)
+					if err != nil {
+						t.Error(err)
+						failed.Store(true)
+						return
+					}
+					if len(bs) == 0 && !e.redis {
+						e.after(e.now().Add(2 * time.Millisecond)) // retries become due
+					}
+					for _, b := range bs {
+						mu.Lock()
+						for _, it := range b.Items {
+							k := b.UserID + "/" + it.ID
+							if holding[k] {
+								t.Errorf("%s is in two live batches", k)
+								failed.Store(true)
+							}
+							holding[k] = true
+						}
+						mu.Unlock()
+						// Fail every first attempt of item 3, ack the rest.
+						var ok []string
+						var fails []Failure
+						for _, it := range b.Items {
+							if it.ID == "3" && it.Attempts == 1 {
+								fails = append(fails, Failure{ID: it.ID, Err: errors.New("flaky")})
+							} else {
+								ok = append(ok, it.ID)
+							}
+						}
+						mu.Lock()
+						for _, it := range b.Items {
+							delete(holding, b.UserID+"/"+it.ID)
+						}
+						mu.Unlock()
+						if len(fails) > 0 {
+							if _, err := q.Nack(ctxb, b, fails...); err != nil {
+								t.Error(err)
+							}
+						}
+						if n, err := q.Ack(ctxb, b, ok...); err != nil || n != len(ok) {
+							t.Errorf("Ack: %d of %d, %v", n, len(ok), err)
+						}
+						mu.Lock()
+						for _, id := range ok {
+							acked[b.UserID+"/"+id]++
+						}
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if len(acked) != len(ns) {
+			t.Fatalf("%d of %d items delivered", len(acked), len(ns))
+		}
+		for k, n := range acked {
+			if n != 1 {
+				t.Fatalf("%s delivered %d times", k, n)
+			}
+		}
+		if st := must[Stats](t, "Stats")(qs[2].Stats(ctxb)); st != (Stats{Delivered: int64(len(ns))}) {
+			t.Fatalf("Stats %+v, want %d delivered and nothing else", st, len(ns))
+		}
+	})
+}

@@ -292,15 +292,15 @@ func (m *memoryBackend) listDead(ctx context.Context, limit int) ([]Notification
 	return out, nil
 }
 
-// deadByAge returns the dead refs, oldest first (ties by id, reversed, as
-// ListDead of the Redis backend orders them).
+// deadByAge returns the dead refs, oldest first, ties by id (the order in
+// which both backends drop them and, reversed, list them).
 func (m *memoryBackend) deadByAge() []mRef {
 	refs := make([]mRef, 0, len(m.dead))
 	for r := range m.dead {
 		refs = append(refs, r)
 	}
 	slices.SortFunc(refs, func(a, b mRef) int {
-		return cmp.Or(cmp.Compare(m.dead[a], m.dead[b]), cmp.Compare(b.id, a.id), cmp.Compare(b.user, a.user))
+		return cmp.Or(cmp.Compare(m.dead[a], m.dead[b]), cmp.Compare(a.id, b.id), cmp.Compare(a.user, b.user))
 	})
 	return refs
 }

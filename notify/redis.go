@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha1"
 	_ "embed"
@@ -490,9 +491,9 @@ func (r *redisBackend) listDead(ctx context.Context, limit int) ([]Notification,
 	}
 	slices.SortStableFunc(all, func(a, b dead) int {
 		if a.at != b.at {
-			return int(b.at - a.at)
+			return cmp.Compare(b.at, a.at)
 		}
-		return strings.Compare(a.n.ID, b.n.ID)
+		return strings.Compare(b.n.ID, a.n.ID)
 	})
 	out := make([]Notification, 0, min(limit, len(all)))
 	for _, d := range all[:min(limit, len(all))] {

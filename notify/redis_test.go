@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -263,5 +264,70 @@ func TestRedisBadConfig(t *testing.T) {
 		wantErr(t, name+": Enqueue", err, ErrBackend)
 		_, err = q.Claim(ctxb, 1, 1)
 		wantErr(t, name+": Claim", err, ErrBackend)
+	}
+}
+
+// TestRedisTimeoutFailsClosed: with the server paused (slow Redis), Enqueue
+// and Ack return ErrBackend after about Config.Timeout. The timed-out
+// Enqueue may still happen once Redis resumes; retrying it with the same id
+// leaves exactly one copy.
+func TestRedisTimeoutFailsClosed(t *testing.T) {
+	t.Parallel()
+	srv := redistest.NewServer(t)
+	admin := redistest.Client(t, srv.URL())
+	const timeout = 100 * time.Millisecond
+	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 4}))
+	must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+	b := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	if len(b) != 1 {
+		t.Fatal("no batch")
+	}
+	// Paused for writes (scripts count as writes), so that the UNPAUSE
+	// below is served at once.
+	if err := admin.Do(ctxb, admin.B().ClientPause().Timeout(10000).Write().Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	unpaused := false
+	unpause := func() {
+		if !unpaused {
+			unpaused = true
+			if err := admin.Do(ctxb, admin.B().ClientUnpause().Build()).Error(); err != nil {
+				t.Errorf("CLIENT UNPAUSE: %v", err)
+			}
+		}
+	}
+	defer unpause()
+	for _, c := range []struct {
+		name string
+		call func() error
+	}{
+		{"Enqueue", func() error { _, err := q.Enqueue(ctxb, note("u", "slow")); return err }},
+		{"Ack", func() error { _, err := q.Ack(ctxb, b[0], "a"); return err }},
+	} {
+		start := time.Now()
+		err := c.call()
+		el := time.Since(start)
+		if !errors.Is(err, ErrBackend) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("%s with Redis paused: %v, want ErrBackend wrapping a deadline", c.name, err)
+		}
+		if el > 2*time.Second {
+			t.Fatalf("%s with Redis paused took %v; timeout is %v", c.name, el, timeout)
+		}
+	}
+	unpause()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := q.Enqueue(ctxb, note("u", "slow")) // the caller's retry
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrBackend) || time.Now().After(deadline) {
+			t.Fatalf("retried Enqueue: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
+	if len(got) != 1 || got[0] != "slow" {
+		t.Fatalf("Pending %v, want [slow] once", got)
 	}
 }
