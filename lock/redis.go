@@ -7,12 +7,12 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/internal/lograte"
 )
 
 // The Lua scripts; each file's header documents its KEYS and ARGV.
@@ -300,30 +300,12 @@ func (r *redisBackend) notifyReady(name string) bool {
 	return r.notify.ready(ch)
 }
 
-// logLimiter logs backend failures at most once per logEvery, with the
-// number suppressed in between: an outage at thousands of calls per second
-// must not flood the log.
-type logLimiter struct {
-	log        *slog.Logger
-	epoch      time.Time
-	last       atomic.Int64 // ns since epoch of the last log
-	suppressed atomic.Int64
-}
-
-const logEvery = 5 * time.Second
+// logLimiter logs backend failures at most once per lograte.DefaultEvery,
+// with the number suppressed in between.
+type logLimiter struct{ lim *lograte.Limiter }
 
 func newLogLimiter(log *slog.Logger) *logLimiter {
-	l := &logLimiter{log: log, epoch: time.Now()}
-	l.last.Store(-int64(logEvery))
-	return l
+	return &logLimiter{lim: lograte.New(log, 0)}
 }
 
-func (l *logLimiter) warn(msg string, args ...any) {
-	now := int64(time.Since(l.epoch))
-	last := l.last.Load()
-	if now-last < int64(logEvery) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return
-	}
-	l.log.Warn(msg, append(args, "suppressed_since_last_log", l.suppressed.Swap(0))...)
-}
+func (l *logLimiter) warn(msg string, args ...any) { l.lim.Log(slog.LevelWarn, msg, args...) }

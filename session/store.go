@@ -9,11 +9,11 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/internal/lograte"
 	"github.com/elevacare/eleva-redis/internal/seal"
 )
 
@@ -142,7 +142,7 @@ func newStore(cfg Config, backendName string, m *metrics, mk func(names) backend
 		touchEv: cfg.touchInterval(),
 		timeout: cfg.timeout(),
 		metrics: m,
-		log:     &failLog{log: cfg.logger(), backend: backendName},
+		log:     newFailLog(cfg.logger(), backendName),
 	}
 	kb, err := keys.New(cfg.Prefix, cfg.KeyHashSecret)
 	switch {
@@ -156,7 +156,7 @@ func newStore(cfg Config, backendName string, m *metrics, mk func(names) backend
 		s.cfgErr = fmt.Errorf("%w: Config.TouchInterval, CacheTTL and Timeout must not be negative", ErrBackend)
 	}
 	if s.cfgErr != nil {
-		s.log.log.Error("session: unusable store configuration; every call will fail", "backend", backendName, "err", s.cfgErr.Error())
+		cfg.logger().Error("session: unusable store configuration; every call will fail", "backend", backendName, "err", s.cfgErr.Error())
 		kb = keys.MustNew("", nil) // never used: every call fails first
 	}
 	s.b = mk(names{kb: kb})
@@ -640,31 +640,25 @@ func (s *store) count(op string, errp *error) {
 	s.metrics.countOp(op, outcomeOf(*errp))
 }
 
-// failLog logs backend failures at most once per logEvery, with the number
+// failLog logs backend failures at most once per lograte.DefaultEvery, with the number
 // of failures in between: an outage at thousands of requests per second must
 // not flood the log. Ids, user ids, roles and values are never logged (they
 // are health data): only the operation and the error, which this package
 // builds without them.
 type failLog struct {
-	log        *slog.Logger
-	backend    string
-	last       atomic.Int64 // unix ns of the last log
-	suppressed atomic.Int64
+	lim     *lograte.Limiter
+	backend string
 }
 
-const logEvery = 5 * time.Second
+func newFailLog(log *slog.Logger, backend string) *failLog {
+	return &failLog{lim: lograte.New(log, 0), backend: backend}
+}
 
 func (l *failLog) failure(op string, err error) {
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if last != 0 && now-last < int64(logEvery) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return
-	}
 	level := slog.LevelWarn
 	if errors.Is(err, seal.ErrCorrupt) || errors.Is(err, seal.ErrUnknownKey) || errors.Is(err, ErrUnreadable) {
 		level = slog.LevelError
 	}
-	l.log.Log(context.Background(), level, "session: call failed; the caller gets an error (fail closed)",
-		"backend", l.backend, "op", op, "err", err.Error(), "suppressed_since_last_log", l.suppressed.Swap(0))
+	l.lim.Log(level, "session: call failed; the caller gets an error (fail closed)",
+		"backend", l.backend, "op", op, "err", err.Error())
 }

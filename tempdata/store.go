@@ -9,10 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync/atomic"
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/internal/lograte"
 	"github.com/elevacare/eleva-redis/internal/seal"
 )
 
@@ -106,7 +106,7 @@ func newStore(b backend, backendName string, cfg Config, extraErr error) *store 
 		keyring: cfg.Keyring,
 		timeout: cfg.timeout(),
 		metrics: newMetrics(cfg.Registerer),
-		log:     &failLog{log: cfg.logger(), backend: backendName},
+		log:     newFailLog(cfg.logger(), backendName),
 	}
 	kb, err := keys.New(cfg.Prefix, cfg.KeyHashSecret)
 	switch {
@@ -116,7 +116,7 @@ func newStore(b backend, backendName string, cfg Config, extraErr error) *store 
 		s.cfgErr = extraErr
 	}
 	if s.cfgErr != nil {
-		s.log.log.Error("tempdata: unusable store configuration; every call will fail", "backend", backendName, "err", s.cfgErr.Error())
+		cfg.logger().Error("tempdata: unusable store configuration; every call will fail", "backend", backendName, "err", s.cfgErr.Error())
 	}
 	s.keys = kb
 	return s
@@ -543,29 +543,23 @@ func (s *store) count(op string, errp *error) {
 	s.metrics.count(op, outcomeOf(*errp))
 }
 
-// failLog logs backend failures at most once per logEvery, with the number
+// failLog logs backend failures at most once per lograte.DefaultEvery, with the number
 // of failures in between: an outage at thousands of requests per second must
 // not flood the log. Names and values are never logged (they may hold PHI).
 type failLog struct {
-	log        *slog.Logger
-	backend    string
-	last       atomic.Int64 // unix ns of the last log
-	suppressed atomic.Int64
+	lim     *lograte.Limiter
+	backend string
 }
 
-const logEvery = 5 * time.Second
+func newFailLog(log *slog.Logger, backend string) *failLog {
+	return &failLog{lim: lograte.New(log, 0), backend: backend}
+}
 
 func (l *failLog) failure(op string, err error) {
-	now := time.Now().UnixNano()
-	last := l.last.Load()
-	if last != 0 && now-last < int64(logEvery) || !l.last.CompareAndSwap(last, now) {
-		l.suppressed.Add(1)
-		return
-	}
 	level := slog.LevelWarn
 	if errors.Is(err, seal.ErrCorrupt) || errors.Is(err, seal.ErrUnknownKey) {
 		level = slog.LevelError
 	}
-	l.log.Log(context.Background(), level, "tempdata: call failed; the caller gets an error (fail closed)",
-		"backend", l.backend, "op", op, "err", err.Error(), "suppressed_since_last_log", l.suppressed.Swap(0))
+	l.lim.Log(level, "tempdata: call failed; the caller gets an error (fail closed)",
+		"backend", l.backend, "op", op, "err", err.Error())
 }
