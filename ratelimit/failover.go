@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/elevacare/eleva-redis/internal/lograte"
 )
 
 // This file holds what a remote backend needs to keep deciding when it fails:
@@ -43,15 +45,10 @@ type failover struct {
 	probing atomic.Bool
 	epoch0  time.Time
 
-	// Failure logs are rate-limited: at most one per logEvery, with the
-	// number of failures in between.
-	lastLog    atomic.Int64 // monotonic ns since epoch0
-	suppressed atomic.Int64
+	// failLog rate-limits failure logs: at most one per
+	// lograte.DefaultEvery, with the number of failures in between.
+	failLog *lograte.Limiter
 }
-
-// logEvery bounds how often backend failures are logged: an outage at
-// thousands of requests per second must not flood the log.
-const logEvery = 5 * time.Second
 
 func newFailover(backend string, cfg Config, m *metrics) *failover {
 	log := cfg.Logger
@@ -66,6 +63,7 @@ func newFailover(backend string, cfg Config, m *metrics) *failover {
 		divisor:  cfg.localInstances(),
 		metrics:  m,
 		log:      log,
+		failLog:  lograte.New(log, 0),
 		now:      cfg.now,
 		epoch0:   time.Now(),
 	}
@@ -73,7 +71,6 @@ func newFailover(backend string, cfg Config, m *metrics) *failover {
 	// decisions are counted by the backend that degraded to it.
 	localCfg := Config{Now: cfg.Now, Logger: cfg.Logger}
 	f.local = sync.OnceValue(func() Limiter { return NewMemory(localCfg) })
-	f.lastLog.Store(-int64(logEvery))
 	return f
 }
 
@@ -165,18 +162,11 @@ func (f *failover) failed(probe bool, op string, err error) {
 	}
 }
 
-// logFailure logs a backend failure, at most once per logEvery. The key is
+// logFailure logs a backend failure, at most once per lograte.DefaultEvery. The key is
 // never logged: it may hold PHI (an email, a patient id).
 func (f *failover) logFailure(op string, err error, trip bool) {
-	now := f.mono()
-	last := f.lastLog.Load()
-	if now-last < int64(logEvery) || !f.lastLog.CompareAndSwap(last, now) {
-		f.suppressed.Add(1)
-		return
-	}
-	f.log.Warn("ratelimit: backend call failed; deciding by failure policy",
-		"backend", f.backend, "op", op, "err", err.Error(), "breaker_opened", trip && f.cooldown >= 0,
-		"suppressed_since_last_log", f.suppressed.Swap(0))
+	f.failLog.Log(slog.LevelWarn, "ratelimit: backend call failed; deciding by failure policy",
+		"backend", f.backend, "op", op, "err", err.Error(), "breaker_opened", trip && f.cooldown >= 0)
 }
 
 // tripsBreaker reports whether err says the backend as a whole is unwell
