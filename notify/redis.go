@@ -502,8 +502,12 @@ func (r *redisBackend) listDead(ctx context.Context, limit int) ([]Notification,
 	return out, nil
 }
 
-// claimChunk is how many shards' due indexes one round trip reads.
-const claimChunk = 64
+// claimChunk is how many shards' due indexes one round trip reads;
+// claimFirstChunk how many the first round of a Claim reads.
+const (
+	claimChunk      = 64
+	claimFirstChunk = 8
+)
 
 func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batch, error) {
 	// 1. Find due users, shard by shard from a rotating start, so that no
@@ -511,7 +515,12 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 	start := int(r.cursor.Add(1) % uint64(r.shards))
 	var users []string
 	for done := 0; done < r.shards && len(users) < maxUsers; {
+		// A small first round: with many due users, a few shards
+		// suffice; an idle queue costs one more round trip.
 		n := min(claimChunk, r.shards-done)
+		if done == 0 {
+			n = min(claimFirstChunk, n)
+		}
 		calls := make([]call, n)
 		for i := range calls {
 			k := r.shard((start + done + i) % r.shards)

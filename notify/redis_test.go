@@ -331,3 +331,88 @@ func TestRedisTimeoutFailsClosed(t *testing.T) {
 		t.Fatalf("Pending %v, want [slow] once", got)
 	}
 }
+
+// TestRedisThroughputLog enqueues 20 000 notifications for 2 000 users
+// (EnqueueMany, 8 concurrent callers) and drains them with 8 concurrent
+// workers (Claim of 50 users × 10, Ack), and logs the rates. It asserts
+// only that every notification is delivered exactly once: timings never
+// gate tests (with -race they are several times slower).
+func TestRedisThroughputLog(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second}))
+	const users, per, callers = 2000, 10, 8
+	var ns []Notification
+	for i := range per {
+		for u := range users {
+			ns = append(ns, note(fmt.Sprintf("user-%d", u), fmt.Sprint(i)))
+		}
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	chunk := len(ns) / callers
+	for c := range callers {
+		wg.Go(func() {
+			for i := c * chunk; i < (c+1)*chunk; i += 500 {
+				res, err := q.EnqueueMany(ctxb, ns[i:min(i+500, (c+1)*chunk)])
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				for _, r := range res {
+					if !r.Created {
+						t.Errorf("not created: %+v", r)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
+	enq := time.Since(start)
+
+	start = time.Now()
+	var mu sync.Mutex
+	delivered := 0
+	for range callers {
+		wg.Go(func() {
+			idle := 0
+			for idle < 3 {
+				bs, err := q.Claim(ctxb, 50, 10)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if len(bs) == 0 {
+					idle++
+					continue
+				}
+				idle = 0
+				for _, b := range bs {
+					n, err := q.Ack(ctxb, b, ids(b.Items)...)
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					mu.Lock()
+					delivered += n
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	drain := time.Since(start)
+	st := must[Stats](t, "Stats")(q.Stats(ctxb))
+	if delivered != len(ns) || st != (Stats{Delivered: int64(len(ns))}) {
+		t.Fatalf("delivered %d of %d; Stats %+v", delivered, len(ns), st)
+	}
+	if info, err := client.Do(ctxb, client.B().Info().Section("commandstats").Build()).ToString(); err == nil {
+		for _, l := range strings.Split(info, "\n") {
+			if strings.Contains(l, "evalsha") {
+				t.Log(strings.TrimSpace(l))
+			}
+		}
+	}
+	t.Logf("enqueue (EnqueueMany, %d callers): %d in %v = %.0f/s; claim+ack (%d workers, 10 per user): %v = %.0f/s",
+		callers, len(ns), enq, float64(len(ns))/enq.Seconds(), callers, drain, float64(len(ns))/drain.Seconds())
+}
