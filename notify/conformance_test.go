@@ -664,15 +664,49 @@ func TestExpired(t *testing.T) {
 		}
 		must[int](t, "Ack")(q.Ack(ctxb, b, "fresh"))
 		e.after(n.ExpiresAt)
-		if got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
-			t.Fatalf("Pending shows expired %v", ids(got))
-		}
 		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
 			t.Fatalf("Claim got expired %v", ids(bs[0].Items))
 		}
 		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
 		if len(dead) != 1 || dead[0].ID != "reminder" || dead[0].LastError != ReasonExpired || dead[0].Attempts != 0 {
 			t.Fatalf("ListDead %+v, want the reminder, expired", dead)
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Dead: 1, Delivered: 1}) {
+			t.Fatalf("Stats %+v, want 1 dead, 1 delivered", st)
+		}
+	})
+}
+
+// TestPendingExpires: for apps that only use Pending and Remove, an
+// expired item is not returned and goes to the dead set ("expired"), so
+// nothing expired piles up unseen; the others are returned in order.
+func TestPendingExpires(t *testing.T) {
+	forEach(t, func(t *testing.T, e env) {
+		q := e.queue(Config{})
+		now := e.now()
+		for i, id := range []string{"a", "b", "c"} {
+			n := note("u", id)
+			n.ScheduledFor = now.Add(-time.Duration(3-i) * time.Minute) // a oldest
+			if id == "b" {
+				n.ExpiresAt = now.Add(300 * time.Millisecond)
+			}
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
+		}
+		e.after(now.Add(300 * time.Millisecond))
+		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))); !slices.Equal(got, []string{"a", "c"}) {
+			t.Fatalf("Pending %v, want [a c]", got)
+		}
+		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 2, Dead: 1}) {
+			t.Fatalf("Stats %+v, want 2 pending, 1 dead", st)
+		}
+		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		if len(dead) != 1 || dead[0].ID != "b" || dead[0].LastError != ReasonExpired {
+			t.Fatalf("ListDead %+v", dead)
+		}
+		// The user's due score is still right: a claim gets the rest.
+		b := claimUser(t, e, q, "u", 5)
+		if !slices.Equal(ids(b.Items), []string{"a", "c"}) {
+			t.Fatalf("Claim %v", ids(b.Items))
 		}
 	})
 }

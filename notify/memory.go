@@ -185,12 +185,16 @@ func (m *memoryBackend) pending(ctx context.Context, userID string, limit int) (
 		return nil, nil
 	}
 	var out []Notification
+	budget := limit + 1000
 	for _, it := range u.queued(now) {
-		if len(out) == limit {
+		if len(out) == limit || budget == 0 {
 			break
 		}
+		budget--
 		if it.exp == 0 || it.exp > now {
 			out = append(out, it.view(now))
+		} else {
+			m.toDead(u, it, now, ReasonExpired)
 		}
 	}
 	return out, nil

@@ -43,8 +43,9 @@ type Queue interface {
 	EnqueueMany(ctx context.Context, ns []Notification) ([]Result, error)
 	// Pending returns up to limit of the user's due notifications, high
 	// before normal before low, then oldest (by due time) first, without
-	// claiming them. Items leased by a worker and items past ExpiresAt are
-	// not returned. limit 0 means 10; at most MaxPendingLimit.
+	// claiming them. Items leased by a worker are not returned; items past
+	// ExpiresAt it meets go to the dead set ("expired") instead, as Claim
+	// would send them. limit 0 means 10; at most MaxPendingLimit.
 	Pending(ctx context.Context, userID string, limit int) ([]Notification, error)
 	// Remove deletes the user's queued (not leased, not dead) notifications
 	// ids, counts them as delivered and returns how many it removed.
@@ -273,6 +274,9 @@ const (
 	// largest perUser.
 	MaxClaimUsers = 1000
 	MaxPerUser    = 1000
+	// MaxShards is the largest Config.Shards (the number of Cluster
+	// slots).
+	MaxShards = 16384
 	// MaxErrorLen is the longest LastError kept, in bytes.
 	MaxErrorLen = 1024
 	// ReasonExpired is the LastError of a notification that expired.
@@ -327,8 +331,8 @@ type Config struct {
 	// Timeout bounds each call; 0 means DefaultTimeout (500ms).
 	Timeout time.Duration
 	// Shards is the number of due-index shards on Redis; 0 means
-	// DefaultShards (256). Every instance must use the same value: changing
-	// it makes queued notifications unreachable.
+	// DefaultShards (256), at most MaxShards. Every instance must use the
+	// same value: changing it makes queued notifications unreachable.
 	Shards int
 	// Lease is how long a claim holds a user; 0 means DefaultLease (15s).
 	Lease time.Duration
@@ -367,11 +371,13 @@ func orInt(v, def int) int {
 	return v
 }
 
-func (c Config) timeout() time.Duration     { return orDur(c.Timeout, DefaultTimeout) }
-func (c Config) lease() time.Duration       { return orDur(c.Lease, DefaultLease) }
+func (c Config) timeout() time.Duration { return orDur(c.Timeout, DefaultTimeout) }
+func (c Config) lease() time.Duration {
+	return max(orDur(c.Lease, DefaultLease), time.Millisecond)
+}
 func (c Config) backoffBase() time.Duration { return orDur(c.BackoffBase, DefaultBackoffBase) }
 func (c Config) backoffCap() time.Duration  { return orDur(c.BackoffCap, DefaultBackoffCap) }
-func (c Config) shards() int                { return orInt(c.Shards, DefaultShards) }
+func (c Config) shards() int                { return min(orInt(c.Shards, DefaultShards), MaxShards) }
 func (c Config) batchSize() int             { return min(orInt(c.BatchSize, DefaultBatchSize), MaxPerUser) }
 func (c Config) maxAttempts() int {
 	return min(orInt(c.MaxAttempts, DefaultMaxAttempts), MaxAttemptsLimit)

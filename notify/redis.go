@@ -370,7 +370,9 @@ func triples(v []rueidis.RedisMessage, start int, now int64) ([]Notification, er
 
 func (r *redisBackend) pending(ctx context.Context, userID string, limit int) ([]Notification, error) {
 	u := r.user(userID)
-	x, err := r.one(ctx, "pending", call{s: scriptPending, keys: []string{u.queue, u.data}, args: []string{u.uid, strconv.Itoa(limit)}})
+	x, err := r.one(ctx, "pending", call{s: scriptPending,
+		keys: []string{u.due, u.queue, u.lease, u.data, u.w, u.r, u.dead, u.statsKey},
+		args: []string{u.uid, strconv.Itoa(limit), strconv.Itoa(r.deadCap)}})
 	if err != nil {
 		return nil, err
 	}

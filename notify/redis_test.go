@@ -64,7 +64,8 @@ func workflow(t *testing.T, q Queue) {
 // slot, and every key that exists afterwards was passed in some script's
 // KEYS (nothing is built from ARGV inside a script); on both servers no
 // notify key has a TTL (a week-ahead notification cannot vanish), and the
-// records and the indexes agree (no orphans).
+// records and the indexes agree (no orphans). With KeyHashSecret no key
+// name holds a user id.
 func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -76,7 +77,13 @@ func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 			url := tc.url(t)
 			client := redistest.Client(t, url)
 			prefix := redistest.Prefix(t)
-			q := NewRedis(client, quiet(Config{Prefix: prefix, Timeout: 10 * time.Second, Shards: 16}))
+			cfg := Config{Prefix: prefix, Timeout: 10 * time.Second, Shards: 16}
+			if tc.name == "cluster" {
+				// Escaping of user ids is checked on the standalone
+				// server, their HMAC here.
+				cfg.KeyHashSecret = []byte("test secret")
+			}
+			q := NewRedis(client, quiet(cfg))
 			rb := q.(*queue).b.(*redisBackend)
 			var mu sync.Mutex
 			var calls [][]string
@@ -96,6 +103,9 @@ func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 				t.Fatalf("only %d keys: the workflow wrote less than expected", len(all))
 			}
 			for _, k := range all {
+				if cfg.KeyHashSecret != nil && strings.Contains(k, "patient") {
+					t.Errorf("key %q holds a user id despite KeyHashSecret", k)
+				}
 				if !declared[k] {
 					t.Errorf("key %q exists but no script declared it in KEYS", k)
 				}
