@@ -89,7 +89,7 @@ func memoryEnv(t *testing.T) env {
 		if b == nil {
 			b = newMemoryBackend(cfg)
 		}
-		return &queue{cfg: cfg, b: b, m: newMetrics(cfg.Registerer), kind: "memory", timeout: cfg.timeout()}
+		return &queue{cfg: cfg, b: b, m: newMetrics(cfg.Registerer), kind: "memory"}
 	}
 	return env{
 		queue: mk,

@@ -16,7 +16,7 @@ import (
 // thousands of users, not millions.
 func NewMemory(cfg Config) Queue {
 	b := newMemoryBackend(cfg)
-	return &queue{cfg: cfg, b: b, m: newMetrics(cfg.Registerer), kind: "memory", timeout: cfg.timeout()}
+	return &queue{cfg: cfg, b: b, m: newMetrics(cfg.Registerer), kind: "memory"}
 }
 
 // mItem is one stored notification; the fields after n mirror the meta of

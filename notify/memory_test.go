@@ -56,3 +56,23 @@ func TestMemoryLeaseExpiryMakesDue(t *testing.T) {
 		t.Fatalf("claim at the lease expiry: %+v", bs)
 	}
 }
+
+// TestMemoryExpiresOnInjectedClock: ExpiresAt is checked against the
+// injected clock, not the wall clock, and expiry follows it.
+func TestMemoryExpiresOnInjectedClock(t *testing.T) {
+	t.Parallel()
+	clk := clock.NewFake(time.Now().Add(-30 * 24 * time.Hour))
+	q := NewMemory(Config{Now: clk.Now})
+	n := note("u", "a")
+	n.ExpiresAt = clk.Now().Add(time.Hour) // in the wall clock's past
+	if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StatePending {
+		t.Fatalf("state %s", r.State)
+	}
+	clk.Advance(time.Hour)
+	if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 0 {
+		t.Fatal("claimed at its expiry")
+	}
+	if d := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 1)); len(d) != 1 || d[0].LastError != ReasonExpired {
+		t.Fatalf("ListDead %+v", d)
+	}
+}

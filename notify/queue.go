@@ -53,12 +53,11 @@ type backend interface {
 
 // queue is the Queue of both backends: validation, defaults, metrics.
 type queue struct {
-	cfg     Config
-	b       backend
-	m       *metrics
-	kind    string
-	cfgErr  error
-	timeout time.Duration
+	cfg    Config
+	b      backend
+	m      *metrics
+	kind   string
+	cfgErr error
 }
 
 var _ Queue = (*queue)(nil)
@@ -111,8 +110,9 @@ func newID() string {
 
 func newToken() string { return newID() }
 
-// prepare validates n and fills in the defaults; now is the caller's clock,
-// used only to check ExpiresAt when ScheduledFor is zero.
+// prepare validates n and fills in the defaults; now is Config.Now (the
+// caller's clock on Redis), used only to check ExpiresAt when ScheduledFor
+// is zero.
 func (q *queue) prepare(n Notification, now time.Time) (item, error) {
 	if err := checkUser(n.UserID); err != nil {
 		return item{}, err
@@ -181,7 +181,7 @@ func (q *queue) Enqueue(ctx context.Context, n Notification) (Result, error) {
 	if q.cfgErr != nil {
 		return Result{}, q.done("enqueue", q.cfgErr)
 	}
-	it, err := q.prepare(n, time.Now())
+	it, err := q.prepare(n, q.cfg.now()())
 	if err != nil {
 		return Result{}, q.done("enqueue", err)
 	}
@@ -207,7 +207,7 @@ func (q *queue) EnqueueMany(ctx context.Context, ns []Notification) ([]Result, e
 	out := make([]Result, len(ns))
 	items := make([]item, 0, len(ns))
 	idx := make([]int, 0, len(ns))
-	now := time.Now()
+	now := q.cfg.now()()
 	for i, n := range ns {
 		it, err := q.prepare(n, now)
 		if err != nil {

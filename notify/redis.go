@@ -146,7 +146,7 @@ func NewRedis(client rueidis.Client, cfg Config) Queue {
 		deliveredCap: (cfg.deliveredCap() + shards - 1) / shards,
 		log:          cfg.logger(),
 	}
-	return &queue{cfg: cfg, b: r, m: newMetrics(cfg.Registerer), kind: "redis", cfgErr: cfgErr, timeout: r.timeout}
+	return &queue{cfg: cfg, b: r, m: newMetrics(cfg.Registerer), kind: "redis", cfgErr: cfgErr}
 }
 
 // shardKeys are the per-shard keys.
