@@ -94,8 +94,8 @@ type Config struct {
 	// format, comma-separated "kid:base64key" entries (32-byte keys), the
 	// first sealing new values and every one opening (key rotation), parsed
 	// by tempdata.ParseKeyring. It also seals sessions' deviceInfo and
-	// preferences. "" means no encryption, unless Temp.Keyring (or
-	// Session.Keyring) is set; setting both is an error. A value that does not parse makes
+	// preferences and the query cache's values. "" means no encryption, unless Temp.Keyring (or
+	// Session.Keyring, Cache.Keyring) is set; setting both is an error. A value that does not parse makes
 	// Open fail with ErrInvalidConfig, whose message never contains key
 	// material.
 	EncryptionKey string
@@ -201,13 +201,16 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		if ss.Keyring != nil {
 			return nil, fmt.Errorf("%w: both EncryptionKey and Session.Keyring are set; set one", ErrInvalidConfig)
 		}
+		if cc.Keyring != nil {
+			return nil, fmt.Errorf("%w: both EncryptionKey and Cache.Keyring are set; set one", ErrInvalidConfig)
+		}
 		kr, err := tempdata.ParseKeyring(cfg.EncryptionKey)
 		if err != nil {
 			// ParseKeyring's errors name the entry and the key id, never
 			// the key.
 			return nil, fmt.Errorf("%w: EncryptionKey: %w", ErrInvalidConfig, err)
 		}
-		td.Keyring, ss.Keyring = kr, kr
+		td.Keyring, ss.Keyring, cc.Keyring = kr, kr, kr
 	}
 	keyIDs := td.Keyring.KeyIDs()
 

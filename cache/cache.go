@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/seal"
 )
 
 // Source says where GetOrLoad or Get found a value.
@@ -153,6 +155,15 @@ type StoreConfig struct {
 	// BackOff is how long GetOrLoad skips the shared level after it failed,
 	// so an outage costs one timeout, not one per call; 0 means 250ms.
 	BackOff time.Duration
+	// Keyring, when set, seals stored values with AES-256-GCM, bound to
+	// their Redis key (see internal/seal; ParseKeyring reads
+	// ELEVA_ENCRYPTION_KEY), so query results holding health data are not
+	// readable in Redis, its persistence files or its replicas. A value that
+	// does not open (sealed under a key no longer in the keyring, copied from
+	// another key, or written while encryption was off) is a miss and is
+	// loaded again. Local copies are decoded values in process memory, as
+	// without it. nil means no encryption.
+	Keyring *seal.Keyring
 	// Registerer receives Prometheus metrics; nil registers none.
 	Registerer prometheus.Registerer
 	// Logger receives failure logs (never keys or values); nil means
@@ -165,6 +176,13 @@ type StoreConfig struct {
 	// expiry, in exchange for local hits that never read the time).
 	Now func() time.Time
 }
+
+// ParseKeyring parses an ELEVA_ENCRYPTION_KEY specification for
+// StoreConfig.Keyring: comma-separated "kid:base64key" entries, the first
+// being the current key (see internal/seal.ParseKeys). It lets code outside
+// this module, which cannot import internal/seal, turn encryption on. Errors
+// never contain key material.
+func ParseKeyring(spec string) (*seal.Keyring, error) { return seal.ParseKeys(spec) }
 
 // Defaults of StoreConfig.
 const (

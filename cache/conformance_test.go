@@ -64,11 +64,18 @@ func memoryStore(t *testing.T) *Store {
 // without client-side caching for Pub/Sub mode) and Store.
 func redisStore(t *testing.T, url, mode string) *Store {
 	t.Helper()
+	return redisStoreCfg(t, url, mode, StoreConfig{})
+}
+
+// redisStoreCfg is redisStore with cfg's other fields (its Prefix,
+// Invalidation and Tracker are set here).
+func redisStoreCfg(t *testing.T, url, mode string, cfg StoreConfig) *Store {
+	t.Helper()
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := StoreConfig{Prefix: prefixFor(t), Invalidation: mode}
+	cfg.Prefix, cfg.Invalidation = prefixFor(t), mode
 	if mode == "tracking" {
 		cfg.Tracker = NewTracker()
 		opt.OnInvalidations = cfg.Tracker.OnInvalidations

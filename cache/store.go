@@ -16,6 +16,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/internal/seal"
 )
 
 // This file is the untyped shared level: the Store, its backend interface,
@@ -123,6 +124,7 @@ type Store struct {
 	coarse  *otter.CoarseClock
 	log     *slog.Logger
 	metrics *metrics
+	keyring *seal.Keyring // nil: values stored unencrypted
 	cfgErr  error
 
 	// tracking: local copies are kept coherent by CLIENT TRACKING pushes;
@@ -147,6 +149,7 @@ func newStore(b backend, name string, cfg StoreConfig) *Store {
 		now:     cfg.Now,
 		log:     cfg.Logger,
 		metrics: newMetrics(cfg.Registerer),
+		keyring: cfg.Keyring,
 	}
 	if s.timeout <= 0 {
 		s.timeout = DefaultTimeout

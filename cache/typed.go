@@ -382,7 +382,7 @@ func (c *Cache[T]) readShared(ctx context.Context, rk rkey, load func(context.Co
 	}
 	var v T
 	if !e.negative {
-		v, err = c.codec.Decode(e.data)
+		v, err = c.decode(rk, e.data)
 		if err != nil {
 			c.s.metrics.op("decode", "error")
 			return zero, Meta{}, false, nil // a miss: the load overwrites it
@@ -543,7 +543,7 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 				}
 				continue
 			}
-			if v, m, err, ok := c.decodeEntry(r.e); ok {
+			if v, m, err, ok := c.decodeEntry(rk, r.e); ok {
 				return v, m, err
 			}
 			refresh = forceRefresh // undecodable: load and overwrite it
@@ -572,7 +572,7 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 				cancel()
 				if err == nil && e != nil && c.s.now().Before(e.hardAt) {
 					if _, _, current, cerr := c.s.current(ctx, e); cerr == nil && current {
-						if v, m, err, ok := c.decodeEntry(e); ok {
+						if v, m, err, ok := c.decodeEntry(rk, e); ok {
 							stop()
 							return v, m, err
 						}
@@ -602,14 +602,15 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 	}
 }
 
-// decodeEntry turns a shared entry into a result; ok false if undecodable.
-func (c *Cache[T]) decodeEntry(e *entry) (T, Meta, error, bool) {
+// decodeEntry turns rk's shared entry into a result; ok false if
+// undecodable.
+func (c *Cache[T]) decodeEntry(rk rkey, e *entry) (T, Meta, error, bool) {
 	var zero T
 	m := Meta{CachedAt: e.cachedAt, ExpiresAt: e.hardAt, Source: SourceRedis}
 	if e.negative {
 		return zero, m, errCachedNotFound, true
 	}
-	v, err := c.codec.Decode(e.data)
+	v, err := c.decode(rk, e.data)
 	if err != nil {
 		c.s.metrics.op("decode", "error")
 		return zero, Meta{}, nil, false
@@ -637,7 +638,7 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk rkey, cl *call[T], token,
 		fa.negative = true
 		fa.soft, fa.hard = o.negTTL, o.negTTL
 	} else {
-		data, err := c.codec.Encode(v)
+		data, err := c.encode(rk, v)
 		if err != nil {
 			c.releaseLease(ctx, rk, token)
 			return zero, Meta{}, fmt.Errorf("%w: encode: %w", ErrCodec, err), false
@@ -776,6 +777,7 @@ func (c *Cache[T]) fill(ctx context.Context, key, token string, v T, opts []Opti
 	if len(data) > MaxValueSize {
 		return fmt.Errorf("%w: value of %d bytes (max %d)", ErrInvalidArgument, len(data), MaxValueSize)
 	}
+	data = c.seal(key, data)
 	if c.s.cfgErr != nil {
 		return c.s.cfgErr
 	}
@@ -986,7 +988,7 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 				refresh = strconv.FormatInt(r.e.cachedAt.UnixMilli(), 10)
 				continue
 			}
-			v, m, err, ok := c.decodeEntry(r.e)
+			v, m, err, ok := c.decodeEntry(rk, r.e)
 			if ok {
 				return v, m, "", err
 			}
@@ -1031,4 +1033,35 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 		t.Stop()
 		stop()
 	}
+}
+
+// encode encodes v for rk's entry: the codec's bytes, sealed when the Store
+// has a Keyring.
+func (c *Cache[T]) encode(rk rkey, v T) ([]byte, error) {
+	data, err := c.codec.Encode(v)
+	if err != nil {
+		return nil, err
+	}
+	return c.s.keyring.Seal(data, []byte(rk.value)), nil
+}
+
+// seal seals the encoded value of key (nothing when the Store has no
+// Keyring).
+func (c *Cache[T]) seal(key string, data []byte) []byte {
+	if c.s.keyring == nil {
+		return data
+	}
+	return c.s.keyring.Seal(data, []byte(c.rk(key).value))
+}
+
+// decode opens (when the Store has a Keyring) and decodes rk's stored bytes.
+// The additional data is rk's Redis key, so bytes copied from another key do
+// not open: an error, which callers treat as a miss.
+func (c *Cache[T]) decode(rk rkey, data []byte) (T, error) {
+	plain, err := c.s.keyring.Open(data, []byte(rk.value))
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	return c.codec.Decode(plain)
 }

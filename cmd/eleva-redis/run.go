@@ -196,8 +196,8 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.DurationVar(&c.tempTimeout, "temp-timeout", tempdata.DefaultTimeout, "bound of each temp, token and idempotency backend call; past it the call fails with 503 (fail closed)")
 	fs.DurationVar(&c.sessionTimeout, "session-timeout", session.DefaultTimeout, "bound of each session backend call; past it the call fails with 503 (sessions fail closed)")
 	fs.DurationVar(&c.sessionTouch, "session-touch-interval", session.DefaultTouchInterval, "least time between two activity writes of one session (touch); at most half a session's idle timeout is used")
-	fs.StringVar(&c.encryptionKey, "encryption-key", "", "`keys` for encryption at rest (AES-256-GCM) of temporary values, token data and idempotency\n"+
-		"responses: kid:base64(32 bytes)[,kid:base64...], the first seals, all open (rotation); none: stored unencrypted")
+	fs.StringVar(&c.encryptionKey, "encryption-key", "", "`keys` for encryption at rest (AES-256-GCM) of temporary values, token data, idempotency\n"+
+		"responses, session device info and preferences and cached values: kid:base64(32 bytes)[,kid:base64...], the first seals, all open (rotation); none: stored unencrypted")
 	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may take to finish after SIGTERM")
 	for name := range envNames {
 		if fs.Lookup(name) == nil {
@@ -415,10 +415,10 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	log.Info("cache", "namespace", server.CacheNamespace, "coherence", eleva.Cache.Mode(),
 		"on_backend_error", "503: callers load from their database")
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
-		log.Info("encryption at rest on: temporary values, token data and idempotency responses are sealed with AES-256-GCM",
+		log.Info("encryption at rest on: temporary values, token data, idempotency responses, session device info and preferences and cached values are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
 	} else {
-		log.Warn("ELEVA_ENCRYPTION_KEY not set: encryption at rest is off; temporary values, token data and idempotency responses are stored unencrypted")
+		log.Warn("ELEVA_ENCRYPTION_KEY not set: encryption at rest is off; temporary values, token data, idempotency responses, sessions and cached values are stored unencrypted")
 	}
 	if len(keys) > 0 {
 		log.Info("auth enabled", "api_keys", len(keys))
