@@ -930,7 +930,9 @@ func TestBackoff(t *testing.T) {
 // once, and in the end every item is delivered exactly once.
 func TestConcurrentWorkers(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
-		qs := e.instances(Config{BackoffBase: time.Millisecond, BackoffCap: time.Millisecond}, 4)
+		// A long lease: on memory idle workers move the fake clock on (so
+		// that retries become due), and no lease may expire on the way.
+		qs := e.instances(Config{BackoffBase: time.Millisecond, BackoffCap: time.Millisecond, Lease: 24 * time.Hour}, 4)
 		const users, perUser = 20, 10
 		var ns []Notification
 		for u := range users {

@@ -196,8 +196,10 @@ func TestRedisFailClosed(t *testing.T) {
 	const timeout = 200 * time.Millisecond
 	const bound = 2 * time.Second // generous: the point is "does not hang"
 	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 8}))
-	must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "before")))
-	b := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	untilHealthy(t, q)
+	setup := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: 10 * time.Second, Shards: 8}))
+	must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "before")))
+	b := must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
 	if len(b) != 1 {
 		t.Fatal("no batch")
 	}
@@ -287,8 +289,10 @@ func TestRedisTimeoutFailsClosed(t *testing.T) {
 	admin := redistest.Client(t, srv.URL())
 	const timeout = 100 * time.Millisecond
 	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 4}))
-	must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
-	b := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	untilHealthy(t, q)
+	setup := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: 10 * time.Second, Shards: 4}))
+	must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "a")))
+	b := must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
 	if len(b) != 1 {
 		t.Fatal("no batch")
 	}
@@ -425,4 +429,25 @@ func TestRedisThroughputLog(t *testing.T) {
 	}
 	t.Logf("enqueue (EnqueueMany, %d callers): %d in %v = %.0f/s; claim+ack (%d workers, 10 per user): %v = %.0f/s",
 		callers, len(ns), enq, float64(len(ns))/enq.Seconds(), callers, drain, float64(len(ns))/drain.Seconds())
+}
+
+// untilHealthy polls (at most 10s) until a write and a claim of q succeed
+// within its short timeout: on a loaded machine the first calls of a new
+// client (connecting, loading the scripts) can take longer than 100ms.
+func untilHealthy(t *testing.T, q Queue) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := q.Enqueue(ctxb, note("probe", "probe"))
+		if err == nil {
+			_, err = q.Claim(ctxb, 1, 1)
+		}
+		if err == nil {
+			return
+		}
+		if !errors.Is(err, ErrBackend) || time.Now().After(deadline) {
+			t.Fatalf("no successful call within 10s: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval while the client connects
+	}
 }
