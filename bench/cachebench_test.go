@@ -48,8 +48,9 @@ func TestCacheHarness(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// cache-local-hit: uniform and zipf keys at 1 and GOMAXPROCS goroutines.
-	localCounts := 2 * len(slices.Compact([]int{1, runtime.GOMAXPROCS(0)}))
+	// cache-local-hit: uniform, zipf and one hot key at 1 and GOMAXPROCS
+	// goroutines.
+	localCounts := 3 * len(slices.Compact([]int{1, runtime.GOMAXPROCS(0)}))
 	if want := localCounts + 1 + 1; len(results) != want {
 		t.Fatalf("got %d cell results, want %d", len(results), want)
 	}
