@@ -493,11 +493,16 @@ func TestLeaseLost(t *testing.T) {
 			t.Fatalf("first claim %+v", ba)
 		}
 		// While the lease is live nobody else gets the user.
-		if bs := must[[]Batch](t, "Claim")(b.Claim(ctxb, 10, 5)); len(bs) != 0 && time.Now().Before(ba.ExpiresAt) {
-			t.Fatalf("a second claimer got %+v during a live lease", bs)
+		var bb Batch
+		if bs := must[[]Batch](t, "Claim")(b.Claim(ctxb, 10, 5)); len(bs) != 0 {
+			if time.Now().Before(ba.ExpiresAt) {
+				t.Fatalf("a second claimer got %+v during a live lease", bs)
+			}
+			bb = bs[0] // a slow machine: the lease had expired already
+		} else {
+			e.after(ba.ExpiresAt)
+			bb = claimUser(t, e, b, "u", 5)
 		}
-		e.after(ba.ExpiresAt)
-		bb := claimUser(t, e, b, "u", 5)
 		if bb.Token == ba.Token || len(bb.Items) != 3 || bb.Items[0].Attempts != 2 {
 			t.Fatalf("takeover claim %+v", bb)
 		}
@@ -800,8 +805,11 @@ func TestExtend(t *testing.T) {
 		if !b.ExpiresAt.After(first) {
 			t.Fatalf("Extend: expiry %v, was %v", b.ExpiresAt, first)
 		}
-		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 1)); len(bs) != 0 && time.Now().Before(b.ExpiresAt) {
-			t.Fatal("claimed during an extended lease")
+		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 1)); len(bs) != 0 {
+			if time.Now().Before(b.ExpiresAt) {
+				t.Fatal("claimed during an extended lease")
+			}
+			return // a slow machine: the extended lease had expired already
 		}
 		must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
 	})
