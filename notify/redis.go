@@ -19,6 +19,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
+	"github.com/elevacare/eleva-redis/internal/lograte"
 )
 
 // The Lua scripts; KEYS and ARGV are documented at the top of each file, the
@@ -94,9 +95,9 @@ type redisBackend struct {
 	timeout      time.Duration
 	shards       int
 	lease        time.Duration
-	deadCap      int // per shard
-	deliveredCap int // per shard
-	log          *slog.Logger
+	deadCap      int              // per shard
+	deliveredCap int              // per shard
+	log          *lograte.Limiter // failures, at most one line per 5s
 	cursor       atomic.Uint64
 	// onScript, when set (tests), sees every script's name and keys before
 	// it is sent.
@@ -144,7 +145,7 @@ func NewRedis(client rueidis.Client, cfg Config) Queue {
 		lease:        cfg.lease(),
 		deadCap:      (cfg.deadCap() + shards - 1) / shards,
 		deliveredCap: (cfg.deliveredCap() + shards - 1) / shards,
-		log:          cfg.logger(),
+		log:          lograte.New(cfg.logger(), 0),
 	}
 	return &queue{cfg: cfg, b: r, m: newMetrics(cfg.Registerer), kind: "redis", cfgErr: cfgErr}
 }
@@ -215,12 +216,13 @@ func (r *redisBackend) run(ctx context.Context, op string, calls []call) ([]ruei
 }
 
 // fail maps a failure to the caller's ctx error when the caller gave up,
-// ErrBackend otherwise (logged).
+// ErrBackend otherwise (logged, rate-limited: an outage must not flood the
+// log).
 func (r *redisBackend) fail(ctx context.Context, op string, err error) error {
 	if ctx.Err() != nil {
 		return fmt.Errorf("notify: %s: %w", op, ctx.Err())
 	}
-	r.log.Warn("notify: Redis call failed", "op", op, "err", err.Error())
+	r.log.Log(slog.LevelWarn, "notify: Redis call failed", "op", op, "err", err.Error())
 	return fmt.Errorf("%w: %s: %w", ErrBackend, op, err)
 }
 
