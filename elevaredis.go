@@ -19,6 +19,7 @@ import (
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -89,6 +90,12 @@ type Config struct {
 	// Registerer and Logger default to the fields above when empty, and
 	// its Keyring to the one EncryptionKey gives.
 	Session session.Config
+	// Notify configures the notification queue. Its Prefix, KeyHashSecret,
+	// Registerer and Logger default to the fields above when empty. Its
+	// Shards must be the same on every instance sharing the Redis.
+	// EncryptionKey does not apply to it yet: titles, messages and data are
+	// stored unencrypted.
+	Notify notify.Config
 	// EncryptionKey turns on encryption at rest (AES-256-GCM) of temporary
 	// values, token data and idempotency responses: the ELEVA_ENCRYPTION_KEY
 	// format, comma-separated "kid:base64key" entries (32-byte keys), the
@@ -125,6 +132,9 @@ type Eleva struct {
 	Cache *cache.Store
 	// Sessions keeps login sessions.
 	Sessions session.Store
+	// Notify is the notification queue. Delivery workers are not part of
+	// Open: a worker claims from it.
+	Notify notify.Queue
 
 	client    rueidis.Client // nil on memory
 	target    target
@@ -179,6 +189,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	cfg.inherit(&cc.Prefix, &cc.KeyHashSecret, &cc.Registerer, &cc.Logger, logger)
 	ss := cfg.Session
 	cfg.inherit(&ss.Prefix, &ss.KeyHashSecret, &ss.Registerer, &ss.Logger, logger)
+	nq := cfg.Notify
+	cfg.inherit(&nq.Prefix, &nq.KeyHashSecret, &nq.Registerer, &nq.Logger, logger)
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
@@ -189,6 +201,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		{"Temp.Prefix", td.Prefix},
 		{"Cache.Prefix", cc.Prefix},
 		{"Session.Prefix", ss.Prefix},
+		{"Notify.Prefix", nq.Prefix},
 	} {
 		if _, err := keys.New(p.prefix, nil); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, p.field, err)
@@ -221,6 +234,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 			Temp:      tempdata.NewMemory(td),
 			Cache:     cache.NewMemoryStore(cc),
 			Sessions:  session.NewMemory(ss),
+			Notify:    notify.NewMemory(nq),
 			keyIDs:    keyIDs,
 		}, nil
 	}
@@ -253,6 +267,7 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		Temp:      tempdata.NewRedis(client, td),
 		Cache:     cache.NewRedisStore(client, cc),
 		Sessions:  session.NewRedis(client, ss),
+		Notify:    notify.NewRedis(client, nq),
 		client:    client,
 		target:    tgt,
 		cacheOff:  opt.DisableCache,

@@ -20,6 +20,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
@@ -621,5 +622,104 @@ func TestOpenInvalidEncryptionKey(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Notify runs on the backend Open picks, with the prefix, key hash secret,
+// registry and logger of the top-level Config: a notification enqueued on one
+// instance is pending on another opened on the same Redis URL (standalone or
+// Cluster), and the same id enqueued through the other is not queued twice;
+// two memory instances do not share a queue.
+func TestOpenNotify(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		url  func(testing.TB) string // nil: memory
+	}{
+		{"memory", nil},
+		{"standalone", redistest.URL},
+		{"cluster", redistest.ClusterURL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			reg := prometheus.NewRegistry()
+			const secret = "notify-test-secret"
+			cfg := elevaredis.Config{KeyPrefix: redistest.Prefix(t), Registerer: reg, KeyHashSecret: []byte(secret)}
+			if tc.url != nil {
+				cfg.RedisURL = tc.url(t)
+			}
+			shared := tc.url != nil
+			e1 := open(t, cfg)
+			cfg.Registerer = nil
+			e2 := open(t, cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+
+			const user = "patient-7@example.com"
+			n := notify.Notification{ID: "reminder:appt-42", UserID: user, Type: "appointment-reminder", Title: "t"}
+			r, err := e1.Notify.Enqueue(ctx, n)
+			if err != nil || !r.Created || r.State != notify.StatePending {
+				t.Fatalf("Enqueue on e1 = %+v, %v", r, err)
+			}
+			r, err = e2.Notify.Enqueue(ctx, n)
+			if err != nil || r.Created == shared {
+				t.Errorf("Enqueue of the same id on e2 = %+v, %v (shared backend: %v)", r, err, shared)
+			}
+			got, err := e2.Notify.Pending(ctx, user, 10)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != 1 || got[0].ID != n.ID {
+				t.Errorf("Pending on e2 = %+v, want the one notification", got)
+			}
+			if err := e2.Notify.Cancel(ctx, user, n.ID); err != nil {
+				t.Fatalf("Cancel on e2: %v", err)
+			}
+			if got, _ := e1.Notify.Pending(ctx, user, 10); shared != (len(got) == 0) {
+				t.Errorf("Pending on e1 after Cancel on e2 = %+v (shared backend: %v)", got, shared)
+			}
+			if _, err := e1.Notify.Enqueue(ctx, notify.Notification{UserID: user, Type: "x"}); err != nil {
+				t.Fatal(err)
+			}
+
+			// The queue's keys are under KeyPrefix, and the user id is
+			// HMACed out of them (a single node answers KEYS for every key
+			// only on standalone).
+			if tc.name == "standalone" {
+				c := redistest.Client(t, cfg.RedisURL)
+				names, err := c.Do(ctx, c.B().Keys().Pattern(cfg.KeyPrefix+"nq:*").Build()).AsStrSlice()
+				if err != nil || len(names) == 0 {
+					t.Errorf("no key %snq:* (%v): the prefix was not passed on", cfg.KeyPrefix, err)
+				}
+				for _, k := range names {
+					if strings.Contains(k, "patient") {
+						t.Errorf("key %q holds the user id: the key hash secret was not passed on", k)
+					}
+				}
+			}
+			mfs, err := reg.Gather()
+			if err != nil {
+				t.Fatal(err)
+			}
+			found := false
+			for _, mf := range mfs {
+				found = found || mf.GetName() == "eleva_notify_ops_total"
+			}
+			if !found {
+				t.Error("registry lacks eleva_notify_ops_total")
+			}
+		})
+	}
+
+	// A bad Notify.Prefix fails Open on both backends, as the others do.
+	for _, url := range []string{"", "redis://127.0.0.1:1"} {
+		cfg := elevaredis.Config{RedisURL: url}
+		cfg.Notify.Prefix = "app{1}:"
+		if e, err := elevaredis.Open(context.Background(), cfg); !errors.Is(err, elevaredis.ErrInvalidConfig) {
+			if e != nil {
+				e.Close()
+			}
+			t.Errorf("Open(%q) with a bad Notify.Prefix: %v, want ErrInvalidConfig", url, err)
+		}
 	}
 }
