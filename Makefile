@@ -49,7 +49,7 @@ FUZZ_TARGETS = \
 	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
 	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
 	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency \
-	./internal/server:FuzzSessions ./internal/server:FuzzCache
+	./internal/server:FuzzSessions ./internal/server:FuzzCache ./internal/server:FuzzNotifications
 
 fuzz: deps-test
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -22,6 +22,7 @@ import (
 	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/internal/server"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -39,14 +40,14 @@ const (
 )
 
 // capabilities are the API's capability groups, for the start-up log.
-const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions,cache"
+const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions,cache,notifications"
 
 // openTimeout bounds connecting to Redis at start-up.
 const openTimeout = 15 * time.Second
 
 const usageText = `eleva-redis: the Eleva Care shared state layer over HTTP: rate limiting,
 distributed locks, temporary data, one-time tokens, idempotency records,
-sessions and a query cache.
+sessions, a query cache and a notification queue.
 
 Usage:
   eleva-redis [serve] [flags]   serve the HTTP API (the default command)
@@ -414,6 +415,11 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		"device_info_and_preferences_encrypted", len(eleva.EncryptionKeyIDs()) > 0)
 	log.Info("cache", "namespace", server.CacheNamespace, "coherence", eleva.Cache.Mode(),
 		"on_backend_error", "503: callers load from their database")
+	// The queue is filled and read over HTTP; nothing in this process
+	// delivers yet: say so rather than let notifications pile up unnoticed.
+	log.Info("notifications", "backend", eleva.Backend(), "timeout", notify.DefaultTimeout.String(),
+		"on_backend_error", "closed (503): an enqueue that fails says so", "titles_messages_data_encrypted", false,
+		"delivery_workers", "not in this build: apps read GET /v1/users/{userId}/notifications and remove what they sent, or a Go worker claims from the queue")
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
 		log.Info("encryption at rest on: temporary values, token data, idempotency responses, session device info and preferences and cached values are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
@@ -438,6 +444,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Temp:           eleva.Temp,
 		Sessions:       eleva.Sessions,
 		Cache:          eleva.Cache,
+		Notify:         eleva.Notify,
 		Policies:       policies,
 		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 		APIKeys:        keys,

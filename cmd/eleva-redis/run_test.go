@@ -219,6 +219,18 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		t.Fatalf("cache lease: %d %v", r.status, r.body)
 	}
 
+	// Notifications: queued once, listed.
+	note := `{"userId":"patient-7","type":"appointment-reminder","title":"Your session","message":"in one hour","id":"reminder:appt-42"}`
+	if r := call(t, c, "POST", in.base+"/v1/notifications", note); r.status != 202 || r.body["state"] != "pending" {
+		t.Fatalf("enqueue: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "POST", in.base+"/v1/notifications", note); r.status != 200 {
+		t.Fatalf("second enqueue: %d %v", r.status, r.body)
+	}
+	if r := call(t, c, "GET", in.base+"/v1/users/patient-7/notifications", ""); r.status != 200 || len(r.body["notifications"].([]any)) != 1 {
+		t.Fatalf("pending: %d %v", r.status, r.body)
+	}
+
 	logs := in.logs.String()
 	for _, want := range []string{
 		`msg="starting eleva-redis"`,
@@ -228,8 +240,11 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		"no policies file",
 		"lock_timeout=500ms temp_timeout=500ms",
 		"ELEVA_ENCRYPTION_KEY not set: encryption at rest is off",
-		"capabilities=ratelimit,locks,temp,tokens,idempotency,sessions,cache",
+		"capabilities=ratelimit,locks,temp,tokens,idempotency,sessions,cache,notifications",
 		`msg=cache namespace=http coherence=memory`,
+		`msg=notifications backend=memory`,
+		`delivery_workers="not in this build`,
+		`msg=request method=POST route=/v1/notifications status=202`,
 		`msg=request method=POST route=/v1/ratelimit/allow status=200`,
 		`msg=request method=POST route=/v1/tokens/{token}/consume status=404`,
 	} {
@@ -327,7 +342,8 @@ login:
 
 	logs := in.logs.String()
 	for _, want := range []string{"backend=redis", "api_keys=2", "policies loaded", "names=login",
-		"encryption at rest on", "current_key_id=k2", "older_key_ids=k1", "msg=cache namespace=http coherence=tracking"} {
+		"encryption at rest on", "current_key_id=k2", "older_key_ids=k1", "msg=cache namespace=http coherence=tracking",
+		"msg=notifications backend=redis"} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("logs lack %q:\n%s", want, logs)
 		}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -121,6 +122,15 @@ var errorTable = []struct {
 	// A stored value that is not JSON (a Go caller wrote the namespace with
 	// another codec): the service's own problem, logged, not retried.
 	{cache.ErrCodec, http.StatusInternalServerError, codeInternal, ""},
+
+	{notify.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	{notify.ErrNotFound, http.StatusNotFound, codeNotFound, ""},
+	// A worker's batch was taken over (its lease expired and another
+	// worker claimed the user): the call changed nothing.
+	{notify.ErrLeaseLost, http.StatusConflict, codeLeaseLost, ""},
+	// Enqueue fails rather than drops: 503 tells the caller that nothing
+	// may have been queued; retrying with the same id is safe.
+	{notify.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
 
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable, ""},
 	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable, ""},

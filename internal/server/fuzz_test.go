@@ -12,6 +12,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -30,6 +31,7 @@ func fuzzServer(t testing.TB) http.Handler {
 		Temp:         tempdata.NewMemory(tempdata.Config{}),
 		Sessions:     session.NewMemory(session.Config{}),
 		Cache:        store,
+		Notify:       notify.NewMemory(notify.Config{}),
 		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		MaxBodyBytes: 4096,
 		Policies: ratelimit.Policies{"login": {Name: "login", Rules: []ratelimit.Rule{

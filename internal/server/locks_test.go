@@ -47,7 +47,7 @@ func newBackendEnv(t *testing.T, url string, cfg elevaredis.Config) *testEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	return newEnvLogs(t, Deps{Limiter: e.RateLimit, Locks: e.Locks, Temp: e.Temp, Sessions: e.Sessions, Cache: e.Cache, Backend: e, Logger: cfg.Logger}, logs)
+	return newEnvLogs(t, Deps{Limiter: e.RateLimit, Locks: e.Locks, Temp: e.Temp, Sessions: e.Sessions, Cache: e.Cache, Notify: e.Notify, Backend: e, Logger: cfg.Logger}, logs)
 }
 
 func backendURL(t *testing.T, f func(testing.TB) string) string {

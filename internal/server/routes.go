@@ -63,6 +63,14 @@ func routeTable() []route {
 		{http.MethodDelete, "/v1/cache/{key}", true, hf((*server).handleCacheDelete)},
 		{http.MethodPost, "/v1/cache/invalidate", true, hf((*server).handleCacheInvalidate)},
 
+		{http.MethodPost, "/v1/notifications", true, hf((*server).handleNotifyEnqueue)},
+		{http.MethodGet, "/v1/users/{userId}/notifications", true, hf((*server).handleNotifyPending)},
+		{http.MethodPost, "/v1/users/{userId}/notifications/remove", true, hf((*server).handleNotifyRemove)},
+		{http.MethodDelete, "/v1/users/{userId}/notifications/{id}", true, hf((*server).handleNotifyCancel)},
+		{http.MethodGet, "/v1/notifications/stats", true, hf((*server).handleNotifyStats)},
+		{http.MethodGet, "/v1/notifications/dead", true, hf((*server).handleNotifyDead)},
+		{http.MethodPost, "/v1/notifications/dead/{id}/requeue", true, hf((*server).handleNotifyRequeue)},
+
 		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
 		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
 		// /metrics is unauthenticated like most Prometheus targets: it holds

@@ -25,6 +25,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -44,8 +45,8 @@ type Backend interface {
 	Ping(ctx context.Context) (time.Duration, error)
 }
 
-// Deps are the server's dependencies. Limiter, Locks, Temp, Sessions and
-// Cache are required (elevaredis.Open builds them all on one backend); the
+// Deps are the server's dependencies. Limiter, Locks, Temp, Sessions, Cache
+// and Notify are required (elevaredis.Open builds them all on one backend); the
 // zero value of every other field is its documented default.
 type Deps struct {
 	// Limiter decides the /v1/ratelimit calls. Required.
@@ -60,6 +61,9 @@ type Deps struct {
 	// Cache is the shared level /v1/cache serves, in the namespace
 	// CacheNamespace (see cache.go). Required.
 	Cache *cache.Store
+	// Notify serves /v1/notifications and /v1/users/{userId}/notifications.
+	// Required.
+	Notify notify.Queue
 	// Policies are the named policies of /v1/ratelimit/policies; nil means none.
 	Policies ratelimit.Policies
 	// OnBackendError is the limiter's default failure policy, reported by
@@ -93,6 +97,7 @@ type server struct {
 	temp           tempdata.Store
 	sessions       session.Store
 	cache          *cache.Cache[json.RawMessage]
+	notify         notify.Queue
 	policies       ratelimit.Policies
 	onBackendError ratelimit.FailurePolicy
 	auth           authenticator
@@ -123,6 +128,8 @@ func New(deps Deps) http.Handler {
 		panic("server: Deps.Sessions is required")
 	case deps.Cache == nil:
 		panic("server: Deps.Cache is required")
+	case deps.Notify == nil:
+		panic("server: Deps.Notify is required")
 	}
 	s := &server{
 		limiter:        deps.Limiter,
@@ -130,6 +137,7 @@ func New(deps Deps) http.Handler {
 		temp:           deps.Temp,
 		sessions:       deps.Sessions,
 		cache:          newHTTPCache(deps.Cache),
+		notify:         deps.Notify,
 		policies:       deps.Policies,
 		onBackendError: deps.OnBackendError,
 		auth:           newAuthenticator(deps.APIKeys),

@@ -24,6 +24,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/lock"
+	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
@@ -40,8 +41,8 @@ type testEnv struct {
 	registry *prometheus.Registry
 }
 
-// newEnv builds a server; deps.Limiter, Locks, Temp, Sessions and Cache
-// default to fresh memory backends.
+// newEnv builds a server; deps.Limiter, Locks, Temp, Sessions, Cache and
+// Notify default to fresh memory backends.
 func newEnv(t *testing.T, deps Deps) *testEnv {
 	t.Helper()
 	return newEnvLogs(t, deps, &testlog.Buffer{})
@@ -67,6 +68,9 @@ func newEnvLogs(t *testing.T, deps Deps, logs *testlog.Buffer) *testEnv {
 		store := cache.NewMemoryStore(cache.StoreConfig{})
 		t.Cleanup(store.Close)
 		deps.Cache = store
+	}
+	if deps.Notify == nil {
+		deps.Notify = notify.NewMemory(notify.Config{})
 	}
 	if deps.Logger == nil {
 		deps.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
