@@ -58,6 +58,7 @@ type queue struct {
 	m      *metrics
 	kind   string
 	cfgErr error
+	hub    hub // wakes idle workers (wake.go)
 }
 
 var _ Queue = (*queue)(nil)
@@ -194,6 +195,9 @@ func (q *queue) Enqueue(ctx context.Context, n Notification) (Result, error) {
 		return Result{}, q.done("enqueue", r.Err)
 	}
 	q.m.enqueued(q.kind, r.Created)
+	if r.Created {
+		q.woke(ctx, it.n.ScheduledFor)
+	}
 	return r, q.done("enqueue", nil)
 }
 
@@ -222,11 +226,16 @@ func (q *queue) EnqueueMany(ctx context.Context, ns []Notification) ([]Result, e
 		if err != nil {
 			return nil, q.done("enqueue_many", err)
 		}
+		created := false
 		for j, r := range res {
 			out[idx[j]] = r
 			if r.Err == nil {
 				q.m.enqueued(q.kind, r.Created)
+				created = created || r.Created
 			}
+		}
+		if created {
+			q.woke(ctx, time.Time{})
 		}
 	}
 	return out, q.done("enqueue_many", nil)
@@ -321,6 +330,9 @@ func (q *queue) RequeueDead(ctx context.Context, userID, id string) error {
 	ok, err := q.b.requeueDead(ctx, userID, id)
 	if err == nil && !ok {
 		err = fmt.Errorf("%w: no dead notification %q of the user", ErrNotFound, id)
+	}
+	if err == nil {
+		q.woke(ctx, time.Time{})
 	}
 	return q.done("requeue_dead", err)
 }

@@ -1,0 +1,332 @@
+package notify
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// fakeReply is what the fake Novu does with one request.
+type fakeReply struct {
+	// accept counts an accepted delivery for the Idempotency-Key and
+	// answers 201.
+	accept bool
+	// waitFor holds the answer (after accepting) until it is closed or
+	// the client gives up.
+	waitFor <-chan struct{}
+	// hang (after accepting) never answers: the client times out.
+	hang bool
+	// status and retryAfter otherwise.
+	status     int
+	retryAfter string
+}
+
+// fakeNovu is an httptest server playing Novu's trigger endpoint. It
+// checks every request (method, path, ApiKey, Idempotency-Key equal to
+// transactionId, strict body) and honours Idempotency-Key: a key it has
+// accepted once is answered 201 again without counting a delivery.
+type fakeNovu struct {
+	t        *testing.T
+	srv      *httptest.Server
+	closing  chan struct{}
+	script   func(key string, n int) fakeReply
+	mu       sync.Mutex
+	accepted map[string]int
+	requests map[string]int
+	times    map[string][]time.Time
+	bodies   map[string]NovuEvent
+}
+
+const fakeNovuKey = "test-api-key"
+
+func newFakeNovu(t *testing.T, script func(key string, n int) fakeReply) *fakeNovu {
+	f := &fakeNovu{t: t, script: script, closing: make(chan struct{}), accepted: map[string]int{},
+		requests: map[string]int{}, times: map[string][]time.Time{}, bodies: map[string]NovuEvent{}}
+	f.srv = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(func() {
+		close(f.closing)
+		f.srv.Close()
+	})
+	return f
+}
+
+func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
+	bad := func(format string, args ...any) {
+		f.t.Errorf("fake Novu: "+format, args...)
+		http.Error(w, `{"message":"bad request"}`, http.StatusBadRequest)
+	}
+	if r.Method != http.MethodPost || r.URL.Path != "/v1/events/trigger" {
+		bad("%s %s", r.Method, r.URL.Path)
+		return
+	}
+	if got := r.Header.Get("Authorization"); got != "ApiKey "+fakeNovuKey {
+		bad("Authorization %q", got)
+		return
+	}
+	if ct := r.Header.Get("Content-Type"); ct != "application/json" {
+		bad("Content-Type %q", ct)
+		return
+	}
+	key := r.Header.Get("Idempotency-Key")
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var ev NovuEvent
+	if err := dec.Decode(&ev); err != nil {
+		bad("body: %v", err)
+		return
+	}
+	if key == "" || ev.TransactionID != key || ev.Name == "" || ev.To.SubscriberID == "" {
+		bad("key %q, event %+v", key, ev)
+		return
+	}
+	f.mu.Lock()
+	f.requests[key]++
+	n := f.requests[key]
+	f.times[key] = append(f.times[key], time.Now())
+	f.bodies[key] = ev
+	replay := f.accepted[key] > 0
+	f.mu.Unlock()
+	reply := fakeReply{accept: true}
+	if !replay {
+		reply = f.script(key, n)
+	}
+	if !reply.accept {
+		if reply.retryAfter != "" {
+			w.Header().Set("Retry-After", reply.retryAfter)
+		}
+		w.WriteHeader(reply.status)
+		fmt.Fprintf(w, `{"statusCode":%d,"message":"from the fake"}`, reply.status)
+		return
+	}
+	if !replay {
+		f.mu.Lock()
+		f.accepted[key]++
+		f.mu.Unlock()
+	}
+	switch {
+	case reply.hang:
+		select {
+		case <-r.Context().Done():
+		case <-f.closing:
+		}
+		return
+	case reply.waitFor != nil:
+		select {
+		case <-reply.waitFor:
+		case <-r.Context().Done():
+			return
+		case <-f.closing:
+			return
+		}
+	}
+	if replay {
+		w.Header().Set("Idempotency-Replay", "true")
+	}
+	w.WriteHeader(http.StatusCreated)
+	fmt.Fprintf(w, `{"data":{"acknowledged":true,"status":"processed","transactionId":%q}}`, key)
+}
+
+func (f *fakeNovu) acceptedCount(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.accepted[key]
+}
+
+func (f *fakeNovu) requestCount(key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.requests[key]
+}
+
+func (f *fakeNovu) sender(t *testing.T, timeout time.Duration) *NovuSender {
+	t.Helper()
+	s, err := NewNovuSender(NovuConfig{APIKey: fakeNovuKey, BaseURL: f.srv.URL, Client: &http.Client{Timeout: timeout}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// TestNovuWorker: a worker on the memory queue (real clock, short backoff)
+// sends one notification to the fake Novu, which answers per the case.
+// Each case checks the final state, the fake's request and accepted
+// counts (per Idempotency-Key) and the worker's delivery metrics.
+func TestNovuWorker(t *testing.T) {
+	t.Parallel()
+	always := func(r fakeReply) func(string, int) fakeReply { return func(string, int) fakeReply { return r } }
+	firstThen := func(first fakeReply) func(string, int) fakeReply {
+		return func(_ string, n int) fakeReply {
+			if n == 1 {
+				return first
+			}
+			return fakeReply{accept: true}
+		}
+	}
+	cases := []struct {
+		name        string
+		script      func(string, int) fakeReply
+		maxAttempts int
+		timeout     time.Duration
+		wantDead    string // a LastError fragment; "" means delivered
+		requests    int
+		metrics     map[string]float64
+		minGap      time.Duration // between the first two requests
+	}{
+		{name: "429 pauses without using an attempt", script: firstThen(fakeReply{status: 429, retryAfter: "1"}), maxAttempts: 1,
+			requests: 2, metrics: map[string]float64{"paused": 1, "delivered": 1, "retried": 0, "dead": 0}, minGap: 900 * time.Millisecond},
+		{name: "429 without Retry-After pauses the default", script: firstThen(fakeReply{status: 429}), maxAttempts: 1,
+			requests: 2, metrics: map[string]float64{"paused": 1, "delivered": 1}, minGap: DefaultPause - 100*time.Millisecond},
+		{name: "503 is retried", script: firstThen(fakeReply{status: 503}), maxAttempts: 3,
+			requests: 2, metrics: map[string]float64{"retried": 1, "delivered": 1, "dead": 0}},
+		{name: "a timeout after accepting is retried, delivered once", script: firstThen(fakeReply{accept: true, hang: true}), maxAttempts: 3,
+			timeout: 300 * time.Millisecond, requests: 2, metrics: map[string]float64{"retried": 1, "delivered": 1}},
+		{name: "422 is dead with the error", script: always(fakeReply{status: 422}), maxAttempts: 5,
+			wantDead: "novu: HTTP 422", requests: 1, metrics: map[string]float64{"dead": 1, "retried": 0, "delivered": 0}},
+		{name: "400 is dead", script: always(fakeReply{status: 400}), maxAttempts: 5,
+			wantDead: "HTTP 400", requests: 1, metrics: map[string]float64{"dead": 1}},
+		{name: "413 is dead", script: always(fakeReply{status: 413}), maxAttempts: 5,
+			wantDead: "HTTP 413", requests: 1, metrics: map[string]float64{"dead": 1}},
+		{name: "500 until MaxAttempts is dead", script: always(fakeReply{status: 500}), maxAttempts: 2,
+			wantDead: "HTTP 500", requests: 2, metrics: map[string]float64{"retried": 1, "dead": 1}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			fake := newFakeNovu(t, c.script)
+			q := NewMemory(quiet(Config{BackoffBase: 20 * time.Millisecond, BackoffCap: 50 * time.Millisecond}))
+			must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "patient-1", Type: "appointment-reminder",
+				Title: "secret title", Message: "secret message", Data: json.RawMessage(`{"a":1}`), MaxAttempts: c.maxAttempts}))
+			reg := prometheus.NewRegistry()
+			timeout := c.timeout
+			if timeout == 0 {
+				timeout = 10 * time.Second
+			}
+			var logs bytes.Buffer
+			var logMu sync.Mutex
+			log := slogTo(&logs, &logMu)
+			w := NewWorker(q, fake.sender(t, timeout), WorkerConfig{Registerer: reg, Logger: log})
+			startWorker(t, w)
+			until(t, "the item to be settled", 15*time.Second, func() bool { s := stats(t, q); return s.Delivered+s.Dead == 1 })
+			s := stats(t, q)
+			if c.wantDead == "" {
+				if s.Delivered != 1 {
+					t.Fatalf("stats %+v, want delivered", s)
+				}
+				if a := fake.acceptedCount("n1"); a != 1 {
+					t.Fatalf("fake accepted %d deliveries, want 1", a)
+				}
+			} else {
+				dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
+				if len(dead) != 1 || !strings.Contains(dead[0].LastError, c.wantDead) {
+					t.Fatalf("dead %+v, want one with %q", dead, c.wantDead)
+				}
+				if a := fake.acceptedCount("n1"); a != 0 {
+					t.Fatalf("fake accepted %d deliveries of a dead item", a)
+				}
+			}
+			// The counters are updated after the ack or nack: poll.
+			m := w.m
+			until(t, "the metrics", 5*time.Second, func() bool {
+				for k, v := range c.metrics {
+					if counterValue(t, m.WithLabelValues(k)) != v {
+						return false
+					}
+				}
+				return true
+			})
+			if r := fake.requestCount("n1"); r != c.requests {
+				t.Fatalf("fake got %d requests, want %d", r, c.requests)
+			}
+			if c.minGap > 0 {
+				fake.mu.Lock()
+				ts := fake.times["n1"]
+				fake.mu.Unlock()
+				if gap := ts[1].Sub(ts[0]); gap < c.minGap {
+					t.Fatalf("sent again after %v, want the pause (≥ %v)", gap, c.minGap)
+				}
+			}
+			logMu.Lock()
+			defer logMu.Unlock()
+			for _, secret := range []string{"secret title", "secret message", `"a":1`} {
+				if strings.Contains(logs.String(), secret) {
+					t.Fatalf("the logs contain the payload %q:\n%s", secret, logs.String())
+				}
+			}
+		})
+	}
+}
+
+// TestNovuSenderRequest: the trigger's body and headers, per notification
+// of a batch (the fake checks the headers and the key = transactionId).
+func TestNovuSenderRequest(t *testing.T) {
+	t.Parallel()
+	fake := newFakeNovu(t, func(string, int) fakeReply { return fakeReply{accept: true} })
+	items := []Notification{
+		{ID: "a", Type: "appointment-reminder", Title: "T", Message: "M", Data: json.RawMessage(`{"appointmentId":"x"}`)},
+		{ID: "b", Type: "payment-received"},
+	}
+	res := fake.sender(t, 10*time.Second).Send(ctxb, "patient-7", items)
+	for i, d := range res {
+		if d.Outcome != OutcomeDelivered {
+			t.Fatalf("item %d: %v %v", i, d.Outcome, d.Err)
+		}
+	}
+	want := map[string]string{
+		"a": `{"name":"appointment-reminder","to":{"subscriberId":"patient-7"},"payload":{"title":"T","message":"M","data":{"appointmentId":"x"}},"transactionId":"a"}`,
+		"b": `{"name":"payment-received","to":{"subscriberId":"patient-7"},"payload":{},"transactionId":"b"}`,
+	}
+	fake.mu.Lock()
+	defer fake.mu.Unlock()
+	for id, w := range want {
+		got, _ := json.Marshal(fake.bodies[id])
+		if string(got) != w {
+			t.Errorf("body of %s:\n got %s\nwant %s", id, got, w)
+		}
+		if fake.accepted[id] != 1 {
+			t.Errorf("%s accepted %d times", id, fake.accepted[id])
+		}
+	}
+}
+
+// TestNovuSenderPauseStopsTheBatch: after a 429 the rest of the batch is
+// not sent; every item is paused for the Retry-After.
+func TestNovuSenderPauseStopsTheBatch(t *testing.T) {
+	t.Parallel()
+	fake := newFakeNovu(t, func(key string, _ int) fakeReply {
+		if key == "b" {
+			return fakeReply{status: 429, retryAfter: "7"}
+		}
+		return fakeReply{accept: true}
+	})
+	res := fake.sender(t, 10*time.Second).Send(ctxb, "u", []Notification{{ID: "a", Type: "t"}, {ID: "b", Type: "t"}, {ID: "c", Type: "t"}})
+	got := []string{}
+	for _, d := range res {
+		got = append(got, fmt.Sprintf("%v/%v", d.Outcome, d.After))
+	}
+	if want := "delivered/0s pause/7s pause/7s"; strings.Join(got, " ") != want {
+		t.Fatalf("got %v, want %s", got, want)
+	}
+	if fake.requestCount("c") != 0 {
+		t.Fatal("c was sent after the 429")
+	}
+}
+
+func TestNewNovuSenderConfig(t *testing.T) {
+	t.Parallel()
+	for _, c := range []NovuConfig{{}, {APIKey: "k", BaseURL: "ftp://x"}, {APIKey: "k", BaseURL: "/relative"}} {
+		if _, err := NewNovuSender(c); err == nil {
+			t.Errorf("%+v: no error", c)
+		}
+	}
+	if _, err := NewNovuSender(NovuConfig{APIKey: "k"}); err != nil {
+		t.Errorf("default base URL: %v", err)
+	}
+}

@@ -1,0 +1,385 @@
+package notify
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/elevacare/eleva-redis/internal/redistest"
+)
+
+// Worker tests run on memory (on the real clock: the worker's timers are
+// real), a real redis-server and a real 3-node Cluster. instance returns
+// another Queue over the same data; on Redis each has its own client, so
+// an enqueue through it reaches the worker only through Redis (Pub/Sub),
+// never through the in-process hub.
+type wenv struct {
+	name     string
+	instance func(cfg Config) Queue
+}
+
+func workerEnvs(t *testing.T) []func(t *testing.T) wenv {
+	t.Helper()
+	redisOf := func(name string, url func(testing.TB) string) func(t *testing.T) wenv {
+		return func(t *testing.T) wenv {
+			u, prefix := url(t), redistest.Prefix(t)
+			return wenv{name: name, instance: func(cfg Config) Queue {
+				cfg.Prefix = prefix
+				cfg.Timeout = orDur(cfg.Timeout, 10*time.Second)
+				return NewRedis(redistest.Client(t, u), quiet(cfg))
+			}}
+		}
+	}
+	return []func(t *testing.T) wenv{
+		func(t *testing.T) wenv {
+			var (
+				mu sync.Mutex
+				q  Queue
+			)
+			// One process, one memory queue: every instance is the same
+			// Queue (NewMemory's data is not shared between values).
+			return wenv{name: "memory", instance: func(cfg Config) Queue {
+				mu.Lock()
+				defer mu.Unlock()
+				if q == nil {
+					q = NewMemory(quiet(cfg))
+				}
+				return q
+			}}
+		},
+		redisOf("redis", redistest.URL),
+		redisOf("cluster", redistest.ClusterURL),
+	}
+}
+
+func forEachWorkerEnv(t *testing.T, f func(t *testing.T, e wenv)) {
+	t.Parallel()
+	for _, mk := range workerEnvs(t) {
+		e0 := mk(t) // names only; each subtest makes its own
+		t.Run(e0.name, func(t *testing.T) {
+			t.Parallel()
+			f(t, mk(t))
+		})
+	}
+}
+
+// delivered is one Send of one item, as a recording sender saw it.
+type delivered struct {
+	n  Notification
+	at time.Time
+}
+
+// recorder is a Sender that records every item and answers with reply
+// (Delivered when nil).
+type recorder struct {
+	mu    sync.Mutex
+	got   []delivered
+	ch    chan delivered
+	reply func(n Notification) Delivery
+}
+
+func newRecorder() *recorder { return &recorder{ch: make(chan delivered, 10000)} }
+
+func (r *recorder) Send(_ context.Context, _ string, items []Notification) []Delivery {
+	now := time.Now()
+	out := make([]Delivery, len(items))
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for i, n := range items {
+		d := delivered{n, now}
+		r.got = append(r.got, d)
+		r.ch <- d
+		out[i] = Delivered()
+		if r.reply != nil {
+			out[i] = r.reply(n)
+		}
+	}
+	return out
+}
+
+// next returns the next recorded item, failing after timeout.
+func (r *recorder) next(t *testing.T, timeout time.Duration) delivered {
+	t.Helper()
+	select {
+	case d := <-r.ch:
+		return d
+	case <-time.After(timeout):
+		t.Fatalf("nothing delivered within %v", timeout)
+	}
+	return delivered{}
+}
+
+// startWorker runs w until the test ends and checks that Run returns.
+func startWorker(t *testing.T, w *Worker) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Errorf("Run did not return after cancel")
+		}
+	})
+}
+
+func quietWorker(cfg WorkerConfig) WorkerConfig {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	return cfg
+}
+
+// waitIdle makes w report when it is idle with its wake-up subscription
+// up; the returned function waits for the next such moment.
+func waitIdle(w *Worker) func(t *testing.T) {
+	c := make(chan struct{}, 1)
+	w.onIdle = func(sub bool) {
+		if sub {
+			poke(c)
+		}
+	}
+	return func(t *testing.T) {
+		t.Helper()
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the worker never went idle with its subscription up")
+		}
+	}
+}
+
+func until(t *testing.T, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func stats(t *testing.T, q Queue) Stats {
+	t.Helper()
+	s, err := q.Stats(ctxb)
+	if err != nil {
+		t.Fatalf("Stats: %v", err)
+	}
+	return s
+}
+
+// TestWorkerDeliversOnceInOrder: items of many users, enqueued before two
+// workers start, are each delivered exactly once, every user's in the
+// order high > normal > low, oldest first, and the queue ends empty.
+func TestWorkerDeliversOnceInOrder(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		q := e.instance(Config{})
+		const users, per = 30, 7
+		var ns []Notification
+		prios := []Priority{PriorityLow, PriorityNormal, PriorityHigh}
+		for u := range users {
+			for i := range per {
+				ns = append(ns, Notification{ID: fmt.Sprintf("n%d", i), UserID: fmt.Sprintf("user-%d", u), Type: "t", Priority: prios[(i+u)%3]})
+			}
+		}
+		for _, r := range must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns)) {
+			if r.Err != nil || !r.Created {
+				t.Fatalf("enqueue: %+v", r)
+			}
+		}
+		rec := newRecorder()
+		for range 2 {
+			startWorker(t, NewWorker(e.instance(Config{}), rec, quietWorker(WorkerConfig{Concurrency: 3})))
+		}
+		for range len(ns) {
+			rec.next(t, 20*time.Second)
+		}
+		until(t, "the queue to drain", 10*time.Second, func() bool { return stats(t, q).Delivered == int64(len(ns)) })
+		if s := stats(t, q); s.Pending+s.Inflight+s.Retrying+s.Scheduled+s.Dead != 0 {
+			t.Fatalf("stats after draining: %+v", s)
+		}
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		if len(rec.got) != len(ns) {
+			t.Fatalf("%d sends for %d items", len(rec.got), len(ns))
+		}
+		byUser := map[string][]Notification{}
+		seen := map[string]bool{}
+		for _, d := range rec.got {
+			k := d.n.UserID + "/" + d.n.ID
+			if seen[k] {
+				t.Fatalf("%s delivered twice", k)
+			}
+			seen[k] = true
+			byUser[d.n.UserID] = append(byUser[d.n.UserID], d.n)
+		}
+		for u, got := range byUser {
+			want := slices.Clone(got)
+			slices.SortStableFunc(want, func(a, b Notification) int {
+				if a.Priority.band() != b.Priority.band() {
+					return a.Priority.band() - b.Priority.band()
+				}
+				var x, y int
+				fmt.Sscanf(a.ID, "n%d", &x)
+				fmt.Sscanf(b.ID, "n%d", &y)
+				return x - y
+			})
+			if !slices.Equal(ids(got), ids(want)) {
+				t.Fatalf("user %s: order %v, want %v", u, ids(got), ids(want))
+			}
+		}
+	})
+}
+
+// p99 of ds (the largest for fewer than 100).
+func p99(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := (len(s)*99+99)/100 - 1
+	return s[min(max(i, 0), len(s)-1)]
+}
+
+// TestWorkerWakesOnEnqueue: an idle worker (IdleWait one minute, so no
+// poll can explain it) delivers an item enqueued by another instance
+// promptly, each of 20 times.
+func TestWorkerWakesOnEnqueue(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		rec := newRecorder()
+		w := NewWorker(e.instance(Config{}), rec, quietWorker(WorkerConfig{IdleWait: time.Minute}))
+		idle := waitIdle(w)
+		startWorker(t, w)
+		other := e.instance(Config{})
+		var lat []time.Duration
+		for i := range 20 {
+			idle(t)
+			start := time.Now()
+			must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: fmt.Sprint(i), UserID: "u", Type: "t"}))
+			d := rec.next(t, 2*time.Second)
+			if d.n.ID != fmt.Sprint(i) {
+				t.Fatalf("delivered %q, want %d", d.n.ID, i)
+			}
+			lat = append(lat, d.at.Sub(start))
+		}
+		t.Logf("%s: idle enqueue → send latency over %d: p50 %v, p99 %v", e.name, len(lat), p50(lat), p99(lat))
+	})
+}
+
+func p50(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestWorkerScheduled: 20 items scheduled 2s (and a little more) ahead,
+// enqueued while the worker is idle, are delivered at their time: never
+// early, and late by little (the p99 is logged; the bound only proves that
+// no long poll is involved).
+func TestWorkerScheduled(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		rec := newRecorder()
+		w := NewWorker(e.instance(Config{}), rec, quietWorker(WorkerConfig{IdleWait: time.Minute}))
+		idle := waitIdle(w)
+		startWorker(t, w)
+		idle(t)
+		other := e.instance(Config{})
+		base := time.Now().Add(2 * time.Second).Truncate(time.Millisecond)
+		const n = 20
+		want := map[string]time.Time{}
+		for i := range n {
+			at := base.Add(time.Duration(i) * 37 * time.Millisecond)
+			id := fmt.Sprint(i)
+			want[id] = at
+			must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: id, UserID: fmt.Sprintf("u%d", i), Type: "t", ScheduledFor: at}))
+		}
+		var late []time.Duration
+		for range n {
+			d := rec.next(t, 10*time.Second)
+			l := d.at.Sub(want[d.n.ID])
+			if l < -2*time.Millisecond { // due times are whole milliseconds
+				t.Fatalf("%s delivered %v early", d.n.ID, -l)
+			}
+			if l > 2*time.Second {
+				t.Fatalf("%s delivered %v late", d.n.ID, l)
+			}
+			late = append(late, l)
+		}
+		t.Logf("%s: lateness of %d scheduled items: p50 %v, p99 %v", e.name, n, p50(late), p99(late))
+	})
+}
+
+// TestWorkerLeaseTakenOver: worker A claims, sends (the fake Novu accepts
+// and holds its answer), and stalls past its tiny lease (no extension,
+// one send slot, so A cannot claim the user again itself);
+// worker B claims the user again and sends the same Idempotency-Key, which
+// the fake replays. A's ack then gets ErrLeaseLost (counted as lease_lost)
+// and changes nothing; the fake counts one accepted delivery.
+func TestWorkerLeaseTakenOver(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		arrived, release := make(chan struct{}), make(chan struct{})
+		var once sync.Once
+		fake := newFakeNovu(t, func(key string, n int) fakeReply {
+			if n == 1 {
+				once.Do(func() { close(arrived) })
+				return fakeReply{accept: true, waitFor: release}
+			}
+			return fakeReply{accept: true}
+		})
+		cfg := Config{Lease: 300 * time.Millisecond}
+		q := e.instance(cfg)
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		regA := prometheus.NewRegistry()
+		a := NewWorker(e.instance(cfg), fake.sender(t, 30*time.Second), quietWorker(WorkerConfig{Concurrency: 1, ExtendEvery: -1, Registerer: regA}))
+		startWorker(t, a)
+		select {
+		case <-arrived:
+		case <-time.After(10 * time.Second):
+			t.Fatal("worker A never sent")
+		}
+		regB := prometheus.NewRegistry()
+		b := NewWorker(e.instance(cfg), fake.sender(t, 30*time.Second), quietWorker(WorkerConfig{Registerer: regB}))
+		startWorker(t, b)
+		until(t, "B to deliver", 10*time.Second, func() bool { return stats(t, q).Delivered == 1 })
+		close(release)
+		ma := a.m
+		until(t, "A's lease_lost", 10*time.Second, func() bool { return counterValue(t, ma.WithLabelValues("lease_lost")) == 1 })
+		if v := counterValue(t, ma.WithLabelValues("delivered")); v != 0 {
+			t.Fatalf("A counted %v delivered", v)
+		}
+		mb := b.m
+		if v := counterValue(t, mb.WithLabelValues("delivered")); v != 1 {
+			t.Fatalf("B counted %v delivered", v)
+		}
+		if got := fake.acceptedCount("n1"); got != 1 {
+			t.Fatalf("fake accepted n1 %d times, want 1", got)
+		}
+		if r := fake.requestCount("n1"); r != 2 {
+			t.Fatalf("fake got %d requests for n1, want 2", r)
+		}
+		if s := stats(t, q); s.Delivered != 1 || s.Inflight+s.Pending+s.Dead != 0 {
+			t.Fatalf("stats %+v", s)
+		}
+	})
+}
+
+// counterValue is the value of c.
+func counterValue(t *testing.T, c prometheus.Counter) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
+}
