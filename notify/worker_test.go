@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -382,4 +383,141 @@ func counterValue(t *testing.T, c prometheus.Counter) float64 {
 		t.Fatal(err)
 	}
 	return m.GetCounter().GetValue()
+}
+
+// blocker is a Sender whose sends block until release is closed (or their
+// ctx is done: then it answers Retry with the ctx error).
+type blocker struct {
+	entered chan struct{}
+	release chan struct{}
+	calls   atomic.Int32
+	ctxErr  atomic.Value // the send ctx's error when released
+}
+
+func newBlocker() *blocker {
+	return &blocker{entered: make(chan struct{}, 100), release: make(chan struct{})}
+}
+
+func (b *blocker) Send(ctx context.Context, _ string, items []Notification) []Delivery {
+	b.calls.Add(1)
+	b.entered <- struct{}{}
+	out := make([]Delivery, len(items))
+	select {
+	case <-b.release:
+		b.ctxErr.Store(fmt.Sprint(ctx.Err()))
+		for i := range out {
+			out[i] = Delivered()
+		}
+	case <-ctx.Done():
+		for i := range out {
+			out[i] = Retry(ctx.Err(), 0)
+		}
+	}
+	return out
+}
+
+func (b *blocker) waitEntered(t *testing.T) {
+	t.Helper()
+	select {
+	case <-b.entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the sender was never called")
+	}
+}
+
+// TestWorkerExtendsLease: a send that lasts four leases keeps its lease
+// (renewed every third of it): another instance's Claims find nothing to
+// take meanwhile, and the item is sent once and acked.
+func TestWorkerExtendsLease(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		const lease = 300 * time.Millisecond
+		q := e.instance(Config{Lease: lease})
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		s := newBlocker()
+		startWorker(t, NewWorker(e.instance(Config{Lease: lease}), s, quietWorker(WorkerConfig{})))
+		s.waitEntered(t)
+		other := e.instance(Config{Lease: lease})
+		for start := time.Now(); time.Since(start) < 4*lease; {
+			if bs := must[[]Batch](t, "Claim")(other.Claim(ctxb, 10, 0)); len(bs) > 0 {
+				t.Fatalf("another instance claimed %+v while the send was in flight", bs)
+			}
+			time.Sleep(10 * time.Millisecond) // pacing the observation, not synchronising
+		}
+		close(s.release)
+		until(t, "the ack", 10*time.Second, func() bool { return stats(t, q).Delivered == 1 })
+		if c := s.calls.Load(); c != 1 {
+			t.Fatalf("%d sends", c)
+		}
+	})
+}
+
+// TestWorkerStop: on cancel, Run lets a send in flight finish and acks its
+// result before returning; a send that outlasts StopTimeout is cancelled
+// and its item left leased (not nacked: no retry state, counted
+// abandoned), to be delivered by the next worker after the lease.
+func TestWorkerStop(t *testing.T) {
+	t.Parallel()
+	t.Run("in-flight send finishes", func(t *testing.T) {
+		t.Parallel()
+		q := NewMemory(quiet(Config{}))
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		s := newBlocker()
+		ctx, cancel := context.WithCancel(ctxb)
+		done := make(chan error, 1)
+		go func() { done <- NewWorker(q, s, quietWorker(WorkerConfig{StopTimeout: time.Minute})).Run(ctx) }()
+		s.waitEntered(t)
+		cancel()
+		select {
+		case <-done:
+			t.Fatal("Run returned with a send in flight")
+		default:
+		}
+		close(s.release)
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return")
+		}
+		if got := s.ctxErr.Load(); got != "<nil>" {
+			t.Fatalf("the send's ctx was %v", got)
+		}
+		if st := stats(t, q); st.Delivered != 1 || st.Inflight != 0 {
+			t.Fatalf("stats after Run returned: %+v", st)
+		}
+	})
+	t.Run("a send past StopTimeout is left leased", func(t *testing.T) {
+		t.Parallel()
+		q := NewMemory(quiet(Config{Lease: 300 * time.Millisecond}))
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		s := newBlocker()
+		ctx, cancel := context.WithCancel(ctxb)
+		reg := prometheus.NewRegistry()
+		w := NewWorker(q, s, quietWorker(WorkerConfig{StopTimeout: 50 * time.Millisecond, Registerer: reg}))
+		done := make(chan error, 1)
+		go func() { done <- w.Run(ctx) }()
+		s.waitEntered(t)
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("Run did not return after StopTimeout")
+		}
+		if st := stats(t, q); st.Inflight != 1 || st.Retrying+st.Dead+st.Delivered != 0 {
+			t.Fatalf("stats after Run returned: %+v", st)
+		}
+		if v := counterValue(t, w.m.WithLabelValues("abandoned")); v != 1 {
+			t.Fatalf("abandoned %v", v)
+		}
+		rec := newRecorder()
+		startWorker(t, NewWorker(q, rec, quietWorker(WorkerConfig{})))
+		if d := rec.next(t, 10*time.Second); d.n.ID != "n1" || d.n.Attempts != 2 {
+			t.Fatalf("redelivered %+v", d.n)
+		}
+	})
 }
