@@ -1,10 +1,14 @@
 package notify
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -520,4 +524,90 @@ func TestWorkerStop(t *testing.T) {
 			t.Fatalf("redelivered %+v", d.n)
 		}
 	})
+}
+
+// TestWorkerMixedOutcomes: one batch whose items get every outcome: the
+// delivered one is acked once; the retried one is sent again (second
+// attempt); the permanent one is dead with its error; the paused one is
+// sent again after the pause with its attempt unchanged; the one the
+// sender gave no result for is retried with ErrSenderResults.
+func TestWorkerMixedOutcomes(t *testing.T) {
+	t.Parallel()
+	q := NewMemory(quiet(Config{BackoffBase: 10 * time.Millisecond, BackoffCap: 20 * time.Millisecond}))
+	for _, id := range []string{"ok", "retry", "perm", "pause", "missing"} {
+		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "u", Type: "t"}))
+	}
+	var mu sync.Mutex
+	sends := map[string][]int{} // id -> attempts seen
+	s := SenderFunc(func(_ context.Context, _ string, items []Notification) []Delivery {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []Delivery
+		for _, n := range items {
+			sends[n.ID] = append(sends[n.ID], n.Attempts)
+			first := len(sends[n.ID]) == 1
+			switch {
+			case !first:
+				out = append(out, Delivered())
+			case n.ID == "retry":
+				out = append(out, Retry(errors.New("flaky"), 0))
+			case n.ID == "perm":
+				out = append(out, Permanent(errors.New("refused")))
+			case n.ID == "pause":
+				out = append(out, Pause(errors.New("slow down"), 100*time.Millisecond))
+			case n.ID == "missing":
+				return out // no result for it (it is last)
+			default:
+				out = append(out, Delivered())
+			}
+		}
+		return out
+	})
+	reg := prometheus.NewRegistry()
+	w := NewWorker(q, s, quietWorker(WorkerConfig{Registerer: reg}))
+	startWorker(t, w)
+	until(t, "every item settled", 10*time.Second, func() bool { st := stats(t, q); return st.Delivered == 4 && st.Dead == 1 })
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string][]int{"ok": {1}, "retry": {1, 2}, "perm": {1}, "pause": {1, 1}, "missing": {1, 2}}
+	for id, at := range want {
+		if !slices.Equal(sends[id], at) {
+			t.Errorf("%s sent with attempts %v, want %v", id, sends[id], at)
+		}
+	}
+	dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
+	if len(dead) != 1 || dead[0].ID != "perm" || dead[0].LastError != "refused" {
+		t.Fatalf("dead %+v", dead)
+	}
+	until(t, "the metrics", 5*time.Second, func() bool {
+		return counterValue(t, w.m.WithLabelValues("delivered")) == 4 && counterValue(t, w.m.WithLabelValues("retried")) == 2 &&
+			counterValue(t, w.m.WithLabelValues("dead")) == 1 && counterValue(t, w.m.WithLabelValues("paused")) == 1
+	})
+}
+
+// TestLogSender: the development sender logs ids and types, never the
+// user id, title, message or data.
+func TestLogSender(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	res := LogSender{Logger: slogTo(&buf, &mu)}.Send(ctxb, "patient-secret-id", []Notification{
+		{ID: "n1", Type: "lab-result", Title: "HIV test result", Message: "positive", Data: json.RawMessage(`{"dx":"B20"}`)},
+	})
+	if len(res) != 1 || res[0].Outcome != OutcomeDelivered {
+		t.Fatalf("%+v", res)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	out := buf.String()
+	for _, want := range []string{`"id":"n1"`, `"type":"lab-result"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %s: %s", want, out)
+		}
+	}
+	for _, secret := range []string{"patient-secret-id", "HIV", "positive", "B20"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log contains %q: %s", secret, out)
+		}
+	}
 }
