@@ -215,9 +215,13 @@ func (w *Worker) idle(ctx context.Context, wake, freed <-chan struct{}) {
 		case err != nil && ctx.Err() == nil:
 			w.log.Warn("notify: worker could not read the next due time", "err", err.Error())
 			wait = min(wait, time.Second)
-		case has:
+		case has && d > 0:
 			// A millisecond more: due times are whole milliseconds.
 			wait = min(wait, d+time.Millisecond)
+		case has:
+			// Due now, yet the claim found nothing (another worker was
+			// first): look again soon, without spinning.
+			wait = min(wait, 5*time.Millisecond)
 		}
 	}
 	if w.onIdle != nil {
