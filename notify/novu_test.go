@@ -37,6 +37,8 @@ type fakeNovu struct {
 	t        *testing.T
 	srv      *httptest.Server
 	closing  chan struct{}
+	// script decides each request for a key not accepted yet (n counts
+	// the key's requests); it runs under mu and must not block.
 	script   func(key string, n int) fakeReply
 	mu       sync.Mutex
 	accepted map[string]int
@@ -92,12 +94,17 @@ func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
 	n := f.requests[key]
 	f.times[key] = append(f.times[key], time.Now())
 	f.bodies[key] = ev
+	// Deciding and counting are one step: a concurrent request with the
+	// same key sees either no acceptance or a counted one.
 	replay := f.accepted[key] > 0
-	f.mu.Unlock()
 	reply := fakeReply{accept: true}
 	if !replay {
 		reply = f.script(key, n)
+		if reply.accept {
+			f.accepted[key]++
+		}
 	}
+	f.mu.Unlock()
 	if !reply.accept {
 		if reply.retryAfter != "" {
 			w.Header().Set("Retry-After", reply.retryAfter)
@@ -105,11 +112,6 @@ func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(reply.status)
 		fmt.Fprintf(w, `{"statusCode":%d,"message":"from the fake"}`, reply.status)
 		return
-	}
-	if !replay {
-		f.mu.Lock()
-		f.accepted[key]++
-		f.mu.Unlock()
 	}
 	switch {
 	case reply.hang:

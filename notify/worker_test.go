@@ -434,7 +434,7 @@ func (b *blocker) waitEntered(t *testing.T) {
 // take meanwhile, and the item is sent once and acked.
 func TestWorkerExtendsLease(t *testing.T) {
 	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
-		const lease = 300 * time.Millisecond
+		const lease = 500 * time.Millisecond
 		q := e.instance(Config{Lease: lease})
 		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		s := newBlocker()
