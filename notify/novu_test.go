@@ -34,9 +34,9 @@ type fakeReply struct {
 // transactionId, strict body) and honours Idempotency-Key: a key it has
 // accepted once is answered 201 again without counting a delivery.
 type fakeNovu struct {
-	t        *testing.T
-	srv      *httptest.Server
-	closing  chan struct{}
+	t       *testing.T
+	srv     *httptest.Server
+	closing chan struct{}
 	// script decides each request for a key not accepted yet (n counts
 	// the key's requests); it runs under mu and must not block.
 	script   func(key string, n int) fakeReply
