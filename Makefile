@@ -45,7 +45,7 @@ FUZZ_TARGETS = \
 	./internal/seal:FuzzOpen \
 	./ratelimit:FuzzClientIP \
 	./cache:FuzzParseEntry ./cache:FuzzTagspec ./cache:FuzzLease \
-	./notify:FuzzParseMeta \
+	./notify:FuzzParseMeta ./notify:FuzzByStatus \
 	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
 	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
 	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency \

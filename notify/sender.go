@@ -134,6 +134,9 @@ func (s LogSender) Send(ctx context.Context, _ string, items []Notification) []D
 // defaultHTTPClient is the client of the HTTP senders when none is given.
 func defaultHTTPClient() *http.Client { return &http.Client{Timeout: 10 * time.Second} }
 
+// maxRetryAfter bounds a Retry-After.
+const maxRetryAfter = 24 * time.Hour
+
 // retryAfter parses a Retry-After header (seconds or an HTTP date); 0 when
 // absent or unusable.
 func retryAfter(h string, now time.Time) time.Duration {
@@ -144,10 +147,10 @@ func retryAfter(h string, now time.Time) time.Duration {
 		if s < 0 {
 			return 0
 		}
-		return time.Duration(min(s, 24*3600)) * time.Second
+		return min(time.Duration(min(s, 24*3600))*time.Second, maxRetryAfter)
 	}
 	if t, err := http.ParseTime(h); err == nil {
-		return max(0, t.Sub(now))
+		return min(max(0, t.Sub(now)), maxRetryAfter)
 	}
 	return 0
 }
