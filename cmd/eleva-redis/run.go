@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -45,6 +46,16 @@ const capabilities = "ratelimit,locks,temp,tokens,idempotency,sessions,cache,not
 // openTimeout bounds connecting to Redis at start-up.
 const openTimeout = 15 * time.Second
 
+// defaultNotifyConcurrency is notify.WorkerConfig's default Concurrency.
+const defaultNotifyConcurrency = 4
+
+// Notification senders (--notify-sender).
+const (
+	senderLog     = "log"
+	senderWebhook = "webhook"
+	senderNovu    = "novu"
+)
+
 const usageText = `eleva-redis: the Eleva Care shared state layer over HTTP: rate limiting,
 distributed locks, temporary data, one-time tokens, idempotency records,
 sessions, a query cache and a notification queue.
@@ -57,7 +68,7 @@ Usage:
 Every flag has an ELEVA_* environment variable; a flag given on the command
 line wins over the environment. Prefer the environment for secrets
 (ELEVA_API_KEYS, ELEVA_REDIS_URL with a password, ELEVA_KEY_HASH_SECRET,
-ELEVA_ENCRYPTION_KEY):
+ELEVA_ENCRYPTION_KEY, ELEVA_WEBHOOK_SECRET, ELEVA_NOVU_API_KEY):
 command lines are visible to other local users.
 
 Serve flags:
@@ -150,6 +161,14 @@ type config struct {
 	sessionTouch    time.Duration
 	encryptionKey   string
 	shutdownTimeout time.Duration
+	noWorkers       bool
+	notifyConc      int
+	notifySender    string
+	webhookURL      string
+	webhookSecret   string
+	novuAPIKey      string
+	novuURL         string
+	allowEviction   bool
 }
 
 // envNames maps each flag to its environment variable.
@@ -172,10 +191,20 @@ var envNames = map[string]string{
 	"session-touch-interval": "ELEVA_SESSION_TOUCH_INTERVAL",
 	"encryption-key":         "ELEVA_ENCRYPTION_KEY",
 	"shutdown-timeout":       "ELEVA_SHUTDOWN_TIMEOUT",
+	"no-workers":             "ELEVA_NOTIFY_NO_WORKERS",
+	"notify-concurrency":     "ELEVA_NOTIFY_CONCURRENCY",
+	"notify-sender":          "ELEVA_NOTIFY_SENDER",
+	"webhook-url":            "ELEVA_WEBHOOK_URL",
+	"webhook-secret":         "ELEVA_WEBHOOK_SECRET",
+	"novu-api-key":           "ELEVA_NOVU_API_KEY",
+	"novu-url":               "ELEVA_NOVU_URL",
+	"allow-eviction":         "ELEVA_NOTIFY_ALLOW_EVICTION",
 }
 
 // secretFlags are never echoed in error messages.
-var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true, "encryption-key": true}
+// The webhook URL is one too: it may carry a token or credentials.
+var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true, "encryption-key": true,
+	"webhook-url": true, "webhook-secret": true, "novu-api-key": true}
 
 func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -199,7 +228,16 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.DurationVar(&c.sessionTouch, "session-touch-interval", session.DefaultTouchInterval, "least time between two activity writes of one session (touch); at most half a session's idle timeout is used")
 	fs.StringVar(&c.encryptionKey, "encryption-key", "", "`keys` for encryption at rest (AES-256-GCM) of temporary values, token data, idempotency\n"+
 		"responses, session device info and preferences and cached values: kid:base64(32 bytes)[,kid:base64...], the first seals, all open (rotation); none: stored unencrypted")
-	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests may take to finish after SIGTERM")
+	fs.DurationVar(&c.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight requests and notification sends may take to finish after SIGTERM")
+	fs.BoolVar(&c.noWorkers, "no-workers", false, "run no notification delivery workers in this process: the queue is only filled and read over HTTP")
+	fs.IntVar(&c.notifyConc, "notify-concurrency", defaultNotifyConcurrency, "notification batches (users) the delivery worker sends at once")
+	fs.StringVar(&c.notifySender, "notify-sender", senderLog, "notification `sender`: log (development: logs ids and marks them delivered), webhook or novu")
+	fs.StringVar(&c.webhookURL, "webhook-url", "", "`url` the webhook sender POSTs each batch to (http or https; required with --notify-sender webhook)")
+	fs.StringVar(&c.webhookSecret, "webhook-secret", "", "`secret` of the webhook sender's HMAC-SHA256 signature (X-Eleva-Signature; required with --notify-sender webhook)")
+	fs.StringVar(&c.novuAPIKey, "novu-api-key", "", "Novu secret `key` (required with --notify-sender novu)")
+	fs.StringVar(&c.novuURL, "novu-url", notify.DefaultNovuURL, "Novu API base `url` (EU region: https://eu.api.novu.co)")
+	fs.BoolVar(&c.allowEviction, "allow-eviction", false, "start on a Redis whose maxmemory-policy is not noeviction (or cannot be read), with a warning;\n"+
+		"an evicted queue key is a lost notification")
 	for name := range envNames {
 		if fs.Lookup(name) == nil {
 			return nil, fmt.Errorf("internal: no flag %q", name)
@@ -291,6 +329,9 @@ func (c config) validate() error {
 	if c.shutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout must be positive, got %s", c.shutdownTimeout)
 	}
+	if err := c.validateNotify(); err != nil {
+		return err
+	}
 	if _, _, err := net.SplitHostPort(c.listen); err != nil {
 		return fmt.Errorf("--listen %q: want host:port: %v", c.listen, err)
 	}
@@ -299,6 +340,79 @@ func (c config) validate() error {
 			"or listen on a loopback address such as 127.0.0.1:8080", c.listen)
 	}
 	return nil
+}
+
+// validateNotify checks the delivery settings. Its errors name flags, never
+// the webhook URL (it may carry a token), the webhook secret or the Novu key.
+func (c config) validateNotify() error {
+	if c.notifyConc <= 0 {
+		return fmt.Errorf("--notify-concurrency must be positive, got %d", c.notifyConc)
+	}
+	switch c.notifySender {
+	case senderLog, senderWebhook, senderNovu:
+	default:
+		return fmt.Errorf("--notify-sender %q: want log, webhook or novu", c.notifySender)
+	}
+	// Settings of another sender are a mistake, not a no-op: the operator
+	// believes notifications go somewhere they do not (the log sender marks
+	// them delivered).
+	if c.notifySender != senderWebhook && (c.webhookURL != "" || c.webhookSecret != "") {
+		return fmt.Errorf("--webhook-url / --webhook-secret are set but --notify-sender is %s: set --notify-sender webhook, or unset them", c.notifySender)
+	}
+	if c.notifySender != senderNovu && (c.novuAPIKey != "" || c.novuURL != notify.DefaultNovuURL) {
+		return fmt.Errorf("--novu-api-key / --novu-url are set but --notify-sender is %s: set --notify-sender novu, or unset them", c.notifySender)
+	}
+	switch c.notifySender {
+	case senderWebhook:
+		if c.webhookURL == "" {
+			return errors.New("--notify-sender webhook needs --webhook-url (ELEVA_WEBHOOK_URL)")
+		}
+		if c.webhookSecret == "" {
+			return errors.New("--notify-sender webhook needs --webhook-secret (ELEVA_WEBHOOK_SECRET)")
+		}
+		if _, err := c.sender(nil); err != nil {
+			return errors.New("--webhook-url: want an absolute http(s) URL")
+		}
+	case senderNovu:
+		if c.novuAPIKey == "" {
+			return errors.New("--notify-sender novu needs --novu-api-key (ELEVA_NOVU_API_KEY)")
+		}
+		if _, err := c.sender(nil); err != nil {
+			return errors.New("--novu-url: want an absolute http(s) URL")
+		}
+	}
+	return nil
+}
+
+// sender builds the configured notification sender.
+func (c config) sender(log *slog.Logger) (notify.Sender, error) {
+	switch c.notifySender {
+	case senderWebhook:
+		return notify.NewWebhookSender(notify.WebhookConfig{URL: c.webhookURL, Secret: []byte(c.webhookSecret)})
+	case senderNovu:
+		return notify.NewNovuSender(notify.NovuConfig{APIKey: c.novuAPIKey, BaseURL: c.novuURL})
+	}
+	return notify.LogSender{Logger: log}, nil
+}
+
+// senderTarget is where the sender delivers, safe to log: the scheme and
+// host of its URL only (no credentials, path or query, which may carry a
+// token); "" for the log sender.
+func (c config) senderTarget() string {
+	raw := ""
+	switch c.notifySender {
+	case senderWebhook:
+		raw = c.webhookURL
+	case senderNovu:
+		raw = c.novuURL
+	default:
+		return ""
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable)"
+	}
+	return u.Scheme + "://" + u.Host
 }
 
 // keys returns the configured API keys, blanks dropped.
@@ -398,6 +512,28 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 	}
 	defer eleva.Close()
 
+	// An evicted queue key is a lost notification: refuse a Redis that may
+	// evict, like any other backend that cannot serve (exit 1), before
+	// listening. The error names the node, maxmemory-policy and noeviction.
+	if client := eleva.Redis(); client != nil {
+		cctx, cancel := context.WithTimeout(ctx, openTimeout)
+		err := notify.CheckEviction(cctx, client)
+		cancel()
+		switch {
+		case err != nil && cfg.allowEviction:
+			log.Warn("--allow-eviction: starting although Redis may evict queued notifications (maxmemory-policy must be noeviction)", "error", err.Error())
+		case err != nil:
+			log.Error("refusing to start: Redis maxmemory-policy must be noeviction for the notification queue "+
+				"(set it, or pass --allow-eviction / ELEVA_NOTIFY_ALLOW_EVICTION=true to start anyway)", "error", err.Error())
+			return exitFailure
+		}
+	}
+	sender, err := cfg.sender(log)
+	if err != nil { // validate built it already
+		log.Error("cannot build the notification sender", "sender", cfg.notifySender)
+		return exitUsage
+	}
+
 	prefix := cfg.keyPrefix
 	if prefix == "" {
 		prefix = "eleva:"
@@ -415,11 +551,22 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		"device_info_and_preferences_encrypted", len(eleva.EncryptionKeyIDs()) > 0)
 	log.Info("cache", "namespace", server.CacheNamespace, "coherence", eleva.Cache.Mode(),
 		"on_backend_error", "503: callers load from their database")
-	// The queue is filled and read over HTTP; nothing in this process
-	// delivers yet: say so rather than let notifications pile up unnoticed.
 	log.Info("notifications", "backend", eleva.Backend(), "timeout", notify.DefaultTimeout.String(),
-		"on_backend_error", "closed (503): an enqueue that fails says so", "titles_messages_data_encrypted", false,
-		"delivery_workers", "not in this build: apps read GET /v1/users/{userId}/notifications and remove what they sent, or a Go worker claims from the queue")
+		"on_backend_error", "closed (503): an enqueue that fails says so", "titles_messages_data_encrypted", false)
+	if cfg.noWorkers {
+		log.Info("notification delivery", "workers", "off (--no-workers): apps read GET /v1/users/{userId}/notifications and remove what they sent, or another process delivers",
+			"sender", cfg.notifySender, "concurrency", cfg.notifyConc)
+	} else {
+		attrs := []any{"workers", "on", "sender", cfg.notifySender, "concurrency", cfg.notifyConc}
+		if t := cfg.senderTarget(); t != "" {
+			attrs = append(attrs, "target", t)
+		}
+		log.Info("notification delivery", attrs...)
+		if cfg.notifySender == senderLog && cfg.redisURL != "" {
+			log.Warn("the log sender marks every notification delivered without sending it: set --notify-sender webhook or novu, " +
+				"or --no-workers when apps read the due list themselves")
+		}
+	}
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
 		log.Info("encryption at rest on: temporary values, token data, idempotency responses, session device info and preferences and cached values are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
@@ -477,6 +624,45 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		MaxHeaderBytes: 64 << 10,
 		ErrorLog:       slog.NewLogLogger(handler, slog.LevelWarn),
 	}
+	// The worker runs until the server has stopped accepting (Shutdown
+	// calls the OnShutdown hooks after closing the listeners), not until
+	// SIGTERM: the two then stop side by side within --shutdown-timeout.
+	workerDone := make(chan struct{})
+	stopWorker := func() {}
+	if cfg.noWorkers {
+		close(workerDone)
+	} else {
+		wctx, cancelWorker := context.WithCancel(context.WithoutCancel(ctx))
+		stopWorker = cancelWorker
+		w := notify.NewWorker(eleva.Notify, sender, notify.WorkerConfig{
+			Concurrency: cfg.notifyConc,
+			// Sends in flight get most of the budget; the rest is for their
+			// acks and nacks.
+			StopTimeout: max(cfg.shutdownTimeout*4/5, time.Millisecond),
+			Logger:      log,
+			Registerer:  registry,
+		})
+		go func() {
+			defer close(workerDone)
+			if err := w.Run(wctx); err != nil {
+				log.Error("notification delivery worker failed", "error", err.Error())
+			}
+		}()
+		srv.RegisterOnShutdown(cancelWorker)
+	}
+	stopped := false
+	defer func() {
+		if stopped {
+			return
+		}
+		// Other exits than a shutdown (the server failed): stop it too.
+		stopWorker()
+		select {
+		case <-workerDone:
+		case <-time.After(cfg.shutdownTimeout):
+		}
+	}()
+
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "capabilities", capabilities)
@@ -494,7 +680,14 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Warn("in-flight requests did not finish in time; closing their connections", "error", err.Error())
 		_ = srv.Close()
 	}
-	<-errc // http.ErrServerClosed
+	<-errc       // http.ErrServerClosed
+	stopWorker() // already, unless Shutdown failed before its hooks
+	stopped = true
+	select {
+	case <-workerDone:
+	case <-sctx.Done():
+		log.Warn("notification sends did not finish in time; their items stay leased and are delivered again after the lease")
+	}
 	log.Info("stopped")
 	return exitOK
 }

@@ -5,14 +5,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -20,6 +23,7 @@ import (
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/notify"
 )
 
 var binDir string // the built binary's directory, removed after the tests
@@ -227,9 +231,10 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 	if r := call(t, c, "POST", in.base+"/v1/notifications", note); r.status != 200 {
 		t.Fatalf("second enqueue: %d %v", r.status, r.body)
 	}
-	if r := call(t, c, "GET", in.base+"/v1/users/patient-7/notifications", ""); r.status != 200 || len(r.body["notifications"].([]any)) != 1 {
-		t.Fatalf("pending: %d %v", r.status, r.body)
-	}
+	// The delivery worker runs on memory too, with the log sender.
+	waitStats(t, c, in.base, "delivered 1", func(s map[string]any) bool {
+		return s["delivered"] == float64(1) && s["pending"] == float64(0) && s["inflight"] == float64(0)
+	})
 
 	logs := in.logs.String()
 	for _, want := range []string{
@@ -243,7 +248,8 @@ func TestServeMemoryEndToEnd(t *testing.T) {
 		"capabilities=ratelimit,locks,temp,tokens,idempotency,sessions,cache,notifications",
 		`msg=cache namespace=http coherence=memory`,
 		`msg=notifications backend=memory`,
-		`delivery_workers="not in this build`,
+		`msg="notification delivery" workers=on sender=log concurrency=4`,
+		`msg="notify: delivered (log sender)" id=reminder:appt-42 type=appointment-reminder`,
 		`msg=request method=POST route=/v1/notifications status=202`,
 		`msg=request method=POST route=/v1/ratelimit/allow status=200`,
 		`msg=request method=POST route=/v1/tokens/{token}/consume status=404`,
@@ -439,6 +445,17 @@ func TestCommands(t *testing.T) {
 		{"encryption key too short", []string{"--encryption-key", "k1:c2hvcnQta2V5LW1hdGVyaWFs"}, nil, 2, "", "decodes to 18 bytes, want 32", "c2hvcnQta2V5LW1hdGVyaWFs"},
 		{"encryption key not base64", nil, map[string]string{"ELEVA_ENCRYPTION_KEY": "k1:not*base64*secret"}, 2, "", "not valid base64", "not*base64*secret"},
 		{"missing policies file", []string{"--listen", "127.0.0.1:0", "--policies", "/nonexistent/p.json"}, nil, 2, "", "cannot load the policies file", ""},
+		{"webhook without url", []string{"--notify-sender", "webhook", "--webhook-secret", "whsec-hidden"}, nil, 2, "", "--webhook-url", "whsec-hidden"},
+		{"webhook without secret", nil, map[string]string{"ELEVA_NOTIFY_SENDER": "webhook", "ELEVA_WEBHOOK_URL": "https://u:pw-hidden@h.example.com/x?token=tk-hidden"}, 2, "", "--webhook-secret", "hidden"},
+		{"webhook url not http", []string{"--notify-sender", "webhook", "--webhook-url", "ftp://tk-hidden@h.example.com", "--webhook-secret", "whsec-hidden"}, nil, 2, "", "--webhook-url: want an absolute http(s) URL", "hidden"},
+		{"novu without key", nil, map[string]string{"ELEVA_NOTIFY_SENDER": "novu"}, 2, "", "--novu-api-key", ""},
+		{"novu bad url", []string{"--notify-sender", "novu", "--novu-api-key", "nv-hidden", "--novu-url", "api.novu.co"}, nil, 2, "", "--novu-url", "nv-hidden"},
+		{"unknown sender", []string{"--notify-sender", "sms"}, nil, 2, "", `--notify-sender "sms": want log, webhook or novu`, ""},
+		{"novu key without novu sender", nil, map[string]string{"ELEVA_NOVU_API_KEY": "nv-hidden"}, 2, "", "--novu-api-key / --novu-url are set but --notify-sender is log", "nv-hidden"},
+		{"webhook secret with novu sender", []string{"--notify-sender", "novu", "--novu-api-key", "nv-hidden", "--webhook-secret", "whsec-hidden"}, nil, 2, "", "--webhook-url / --webhook-secret are set but --notify-sender is novu", "hidden"},
+		{"zero notify concurrency", []string{"--notify-concurrency", "0"}, nil, 2, "", "--notify-concurrency must be positive", ""},
+		{"bad no-workers env", nil, map[string]string{"ELEVA_NOTIFY_NO_WORKERS": "maybe"}, 2, "", "ELEVA_NOTIFY_NO_WORKERS", ""},
+		{"bad allow-eviction env", nil, map[string]string{"ELEVA_NOTIFY_ALLOW_EVICTION": "perhaps"}, 2, "", "ELEVA_NOTIFY_ALLOW_EVICTION", ""},
 		{"unreachable redis", []string{"--listen", "127.0.0.1:0"}, map[string]string{"ELEVA_REDIS_URL": "redis://:sekret-pw@127.0.0.1:1"}, 1, "", "cannot open the backend", "sekret-pw"},
 	}
 	for _, tc := range tests {
@@ -493,7 +510,8 @@ func TestFlagWinsOverEnv(t *testing.T) {
 		t.Fatal(err)
 	}
 	if d.listen != "127.0.0.1:8080" || d.maxBodyBytes != 1<<20 || d.rlOnError != "local" || d.logFormat != "text" ||
-		d.lockTimeout != 500*time.Millisecond || d.tempTimeout != 500*time.Millisecond || d.encryptionKey != "" {
+		d.lockTimeout != 500*time.Millisecond || d.tempTimeout != 500*time.Millisecond || d.encryptionKey != "" ||
+		d.noWorkers || d.notifyConc != 4 || d.notifySender != "log" || d.novuURL != "https://api.novu.co" || d.allowEviction {
 		t.Errorf("defaults: %+v", d)
 	}
 }
@@ -956,5 +974,274 @@ func TestAcceptance6FailClosed(t *testing.T) {
 	p.terminate(t)
 	if strings.Contains(p.logs.String(), encKey1[3:]) {
 		t.Error("logs contain the encryption key")
+	}
+}
+
+// waitStats polls GET /v1/notifications/stats until ok accepts it, for at
+// most 15s.
+func waitStats(t *testing.T, c *http.Client, base, what string, ok func(map[string]any) bool, headers ...string) map[string]any {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		r := call(t, c, "GET", base+"/v1/notifications/stats", "", headers...)
+		if r.status == 200 && ok(r.body) {
+			return r.body
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats never showed %s: %d %v", what, r.status, r.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// fakeWebhook is a receiver of the webhook sender: it checks every
+// request's signature with notify.VerifySignature (401 when it is wrong)
+// and records the bodies it accepted.
+type fakeWebhook struct {
+	*httptest.Server
+	secret []byte
+	mu     sync.Mutex
+	bodies []notify.WebhookBody
+	badSig int
+}
+
+func newFakeWebhook(t *testing.T, secret string) *fakeWebhook {
+	t.Helper()
+	f := &fakeWebhook{secret: []byte(secret)}
+	f.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		raw, err := io.ReadAll(r.Body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if !notify.VerifySignature(f.secret, raw, r.Header.Get(notify.HeaderSignature)) {
+			f.badSig++
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		var b notify.WebhookBody
+		if err := json.Unmarshal(raw, &b); err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		f.bodies = append(f.bodies, b)
+		w.WriteHeader(http.StatusNoContent)
+	}))
+	t.Cleanup(f.Close)
+	return f
+}
+
+// received returns the accepted bodies and the count of bad signatures.
+func (f *fakeWebhook) received() ([]notify.WebhookBody, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.bodies), f.badSig
+}
+
+// waitReceived polls until the fake has accepted n bodies, for at most 15s.
+func (f *fakeWebhook) waitReceived(t *testing.T, n int) []notify.WebhookBody {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got, bad := f.received()
+		if bad > 0 {
+			t.Fatalf("%d webhook requests had a bad signature", bad)
+		}
+		if len(got) >= n {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the webhook received %d bodies, want %d", len(got), n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestServeWebhookDelivery: serve on Redis delivers an enqueued
+// notification to a webhook through its worker, signed; the stats show it
+// delivered, and no secret, URL token or payload reaches the logs.
+func TestServeWebhookDelivery(t *testing.T) {
+	const secret, token = "whsec-0123456789abcdef", "tok-in-query-987"
+	hook := newFakeWebhook(t, secret)
+	p := startProcess(t, map[string]string{
+		"ELEVA_REDIS_URL":      redistest.URL(t),
+		"ELEVA_KEY_PREFIX":     redistest.Prefix(t),
+		"ELEVA_WEBHOOK_SECRET": secret,
+	}, "--notify-sender", "webhook", "--webhook-url", hook.URL+"/hook?token="+token)
+	c := &http.Client{Timeout: 10 * time.Second}
+
+	note := `{"userId":"patient-7","type":"appointment-reminder","title":"Secret title","message":"Dr. Silva, 10:00","data":{"appointmentId":"appt-42"},"id":"reminder:appt-42"}`
+	if r := call(t, c, "POST", p.base+"/v1/notifications", note); r.status != 202 {
+		t.Fatalf("enqueue: %d %v", r.status, r.body)
+	}
+	got := hook.waitReceived(t, 1)
+	if len(got) != 1 || got[0].UserID != "patient-7" || len(got[0].Notifications) != 1 {
+		t.Fatalf("webhook bodies: %+v", got)
+	}
+	if n := got[0].Notifications[0]; n.ID != "reminder:appt-42" || n.Title != "Secret title" || n.Attempt != 1 || string(n.Data) != `{"appointmentId":"appt-42"}` {
+		t.Fatalf("webhook notification: %+v", n)
+	}
+	waitStats(t, c, p.base, "delivered 1", func(s map[string]any) bool {
+		return s["delivered"] == float64(1) && s["pending"] == float64(0) && s["inflight"] == float64(0)
+	})
+	if r := call(t, c, "GET", p.base+"/metrics", ""); r.status != 200 {
+		t.Fatalf("metrics: %d", r.status)
+	}
+	c.CloseIdleConnections()
+	p.terminate(t)
+
+	logs := p.logs.String()
+	if want := `msg="notification delivery" workers=on sender=webhook concurrency=4 target=` + hook.URL; !strings.Contains(logs, want) {
+		t.Errorf("logs lack %q:\n%s", want, logs)
+	}
+	for _, leak := range []string{secret, token, "Secret title", "Dr. Silva", "patient-7"} {
+		if strings.Contains(logs, leak) {
+			t.Errorf("logs contain %q:\n%s", leak, logs)
+		}
+	}
+}
+
+// TestServeNoWorkers: with --no-workers nothing is delivered and the item
+// stays pending; a process with workers on the same queue then delivers
+// it (it was deliverable all along).
+func TestServeNoWorkers(t *testing.T) {
+	const secret = "whsec-0123456789abcdef"
+	hook := newFakeWebhook(t, secret)
+	envm := map[string]string{
+		"ELEVA_REDIS_URL":      redistest.URL(t),
+		"ELEVA_KEY_PREFIX":     redistest.Prefix(t),
+		"ELEVA_NOTIFY_SENDER":  "webhook",
+		"ELEVA_WEBHOOK_URL":    hook.URL,
+		"ELEVA_WEBHOOK_SECRET": secret,
+	}
+	off := startProcess(t, envm, "--no-workers")
+	c := &http.Client{Timeout: 10 * time.Second}
+	note := `{"userId":"patient-7","type":"t","title":"x","message":"y","id":"n-1"}`
+	if r := call(t, c, "POST", off.base+"/v1/notifications", note); r.status != 202 || r.body["state"] != "pending" {
+		t.Fatalf("enqueue: %d %v", r.status, r.body)
+	}
+	// An observation window, not a synchronisation: a worker delivers in
+	// milliseconds (TestServeWebhookDelivery), here nothing may come.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if got, bad := hook.received(); len(got) > 0 || bad > 0 {
+			t.Fatalf("delivered with --no-workers: %+v (%d bad signatures)", got, bad)
+		}
+		r := call(t, c, "GET", off.base+"/v1/notifications/stats", "")
+		if r.status != 200 || r.body["pending"] != float64(1) || r.body["delivered"] != float64(0) || r.body["inflight"] != float64(0) {
+			t.Fatalf("stats with --no-workers: %d %v", r.status, r.body)
+		}
+	}
+	r := call(t, c, "GET", off.base+"/v1/users/patient-7/notifications", "")
+	if ns, _ := r.body["notifications"].([]any); r.status != 200 || len(ns) != 1 || ns[0].(map[string]any)["attempts"] != float64(0) {
+		t.Fatalf("due list with --no-workers: %d %v", r.status, r.body)
+	}
+	c.CloseIdleConnections()
+	off.terminate(t)
+	if want := `msg="notification delivery" workers="off (--no-workers)`; !strings.Contains(off.logs.String(), want) {
+		t.Errorf("logs lack %q:\n%s", want, off.logs)
+	}
+
+	on := startProcess(t, envm)
+	if got := hook.waitReceived(t, 1); got[0].Notifications[0].ID != "n-1" {
+		t.Fatalf("webhook bodies: %+v", got)
+	}
+	waitStats(t, c, on.base, "delivered 1", func(s map[string]any) bool { return s["delivered"] == float64(1) && s["pending"] == float64(0) })
+	c.CloseIdleConnections()
+	on.terminate(t)
+}
+
+// runBinary runs the built binary to its end (at most 30s) and returns its
+// exit code and combined output.
+func runBinary(t *testing.T, envm map[string]string, args ...string) (int, string) {
+	t.Helper()
+	bin, err := binary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + os.Getenv("HOME")}
+	for k, v := range envm {
+		cmd.Env = append(cmd.Env, k+"="+v)
+	}
+	out, err := cmd.CombinedOutput()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+		return 0, string(out)
+	case errors.As(err, &ee) && ctx.Err() == nil:
+		return ee.ExitCode(), string(out)
+	}
+	t.Fatalf("%s: %v\n%s", bin, err, out)
+	return -1, ""
+}
+
+// TestServeEvictionPolicy: on a Redis that may evict keys, serve refuses
+// to start (exit 1, before listening), naming maxmemory-policy and
+// noeviction; --allow-eviction starts it with a warning.
+func TestServeEvictionPolicy(t *testing.T) {
+	srv := redistest.NewServer(t)
+	rc := redistest.Client(t, srv.URL())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := rc.Do(ctx, rc.B().ConfigSet().ParameterValue().ParameterValue("maxmemory-policy", "allkeys-lru").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	envm := map[string]string{"ELEVA_REDIS_URL": srv.URL(), "ELEVA_KEY_PREFIX": redistest.Prefix(t)}
+
+	code, out := runBinary(t, envm, "serve", "--listen", "127.0.0.1:0")
+	if code != 1 {
+		t.Fatalf("exit %d on allkeys-lru, want 1:\n%s", code, out)
+	}
+	for _, want := range []string{"refusing to start", "maxmemory-policy allkeys-lru", "set maxmemory-policy noeviction", "--allow-eviction"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "msg=listening") {
+		t.Errorf("listened before refusing:\n%s", out)
+	}
+
+	p := startProcess(t, envm, "--allow-eviction")
+	if r := call(t, http.DefaultClient, "GET", p.base+"/readyz", ""); r.status != 200 {
+		t.Fatalf("readyz: %d %v", r.status, r.body)
+	}
+	p.terminate(t)
+	logs := p.logs.String()
+	if !regexp.MustCompile(`level=WARN msg="--allow-eviction: starting although Redis may evict.*maxmemory-policy allkeys-lru`).MatchString(logs) {
+		t.Errorf("no eviction warning:\n%s", logs)
+	}
+
+	// The same Redis with noeviction starts without the flag or a warning.
+	if err := rc.Do(ctx, rc.B().ConfigSet().ParameterValue().ParameterValue("maxmemory-policy", "noeviction").Build()).Error(); err != nil {
+		t.Fatal(err)
+	}
+	p = startProcess(t, envm)
+	p.terminate(t)
+	if strings.Contains(p.logs.String(), "maxmemory-policy") {
+		t.Errorf("eviction warning on noeviction:\n%s", p.logs)
+	}
+}
+
+// TestServeNotifyConfigErrorsBinary: bad delivery settings stop the built
+// binary with exit 2, naming the flag, without echoing a secret.
+func TestServeNotifyConfigErrorsBinary(t *testing.T) {
+	for _, tc := range []struct {
+		env       map[string]string
+		args      []string
+		want, not string
+	}{
+		{map[string]string{"ELEVA_NOTIFY_SENDER": "webhook", "ELEVA_WEBHOOK_SECRET": "whsec-hidden-1"}, nil, "--webhook-url", "whsec-hidden-1"},
+		{map[string]string{"ELEVA_WEBHOOK_URL": "https://u:pw-hidden-2@hooks.example.com/h"}, []string{"--notify-sender", "webhook"}, "--webhook-secret", "pw-hidden-2"},
+		{map[string]string{"ELEVA_NOVU_API_KEY": "nv-hidden-3"}, []string{"--notify-sender", "webhook"}, "--novu-api-key", "nv-hidden-3"},
+		{nil, []string{"--notify-sender", "novu"}, "--novu-api-key", ""},
+	} {
+		code, out := runBinary(t, tc.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, tc.args...)...)
+		if code != 2 || !strings.Contains(out, tc.want) || tc.not != "" && strings.Contains(out, tc.not) {
+			t.Errorf("%v %v: exit %d, want 2 naming %s without %q:\n%s", tc.env, tc.args, code, tc.want, tc.not, out)
+		}
 	}
 }
