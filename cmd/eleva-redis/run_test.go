@@ -493,8 +493,14 @@ func TestFlagWinsOverEnv(t *testing.T) {
 		"ELEVA_LOCK_TIMEOUT":              "2s",
 		"ELEVA_TEMP_TIMEOUT":              "3s",
 		"ELEVA_ENCRYPTION_KEY":            encKey1,
+		"ELEVA_NOTIFY_CONCURRENCY":        "7",
+		"ELEVA_NOTIFY_NO_WORKERS":         "true",
+		"ELEVA_NOTIFY_ALLOW_EVICTION":     "true",
+		"ELEVA_NOTIFY_SENDER":             "novu",
+		"ELEVA_NOVU_API_KEY":              "nv-key",
+		"ELEVA_NOVU_URL":                  "https://eu.api.novu.co",
 	})
-	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--max-body-bytes", "4096"}, e, io.Discard)
+	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--max-body-bytes", "4096", "--notify-concurrency", "9"}, e, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -504,6 +510,9 @@ func TestFlagWinsOverEnv(t *testing.T) {
 	if fmt.Sprint(c.keys()) != "[a-key b-key]" || c.rlTimeout != 75*time.Millisecond || c.localInstances != 3 ||
 		c.lockTimeout != 2*time.Second || c.tempTimeout != 3*time.Second || c.encryptionKey != encKey1 {
 		t.Errorf("env not applied: keys=%q timeout=%v instances=%d lock=%v temp=%v", c.keys(), c.rlTimeout, c.localInstances, c.lockTimeout, c.tempTimeout)
+	}
+	if c.notifyConc != 9 || !c.noWorkers || !c.allowEviction || c.notifySender != "novu" || c.novuAPIKey != "nv-key" || c.novuURL != "https://eu.api.novu.co" {
+		t.Errorf("notify settings: concurrency=%d no_workers=%v allow_eviction=%v sender=%q url=%q", c.notifyConc, c.noWorkers, c.allowEviction, c.notifySender, c.novuURL)
 	}
 	d, err := parseConfig(nil, env(nil), io.Discard)
 	if err != nil {
@@ -1242,6 +1251,56 @@ func TestServeNotifyConfigErrorsBinary(t *testing.T) {
 		code, out := runBinary(t, tc.env, append([]string{"serve", "--listen", "127.0.0.1:0"}, tc.args...)...)
 		if code != 2 || !strings.Contains(out, tc.want) || tc.not != "" && strings.Contains(out, tc.not) {
 			t.Errorf("%v %v: exit %d, want 2 naming %s without %q:\n%s", tc.env, tc.args, code, tc.want, tc.not, out)
+		}
+	}
+}
+
+// TestServeShutdownStopsWorker: a send that hangs does not hold SIGTERM
+// past --shutdown-timeout: the send is cancelled, its item stays leased
+// (delivered again after the lease) and the process exits 0.
+func TestServeShutdownStopsWorker(t *testing.T) {
+	const secret = "whsec-0123456789abcdef"
+	got := make(chan struct{}, 1)
+	release := make(chan struct{})
+	hook := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case got <- struct{}{}:
+		default:
+		}
+		select {
+		case <-r.Context().Done():
+		case <-release:
+		}
+	}))
+	t.Cleanup(hook.Close)
+	t.Cleanup(func() { close(release) }) // before Close: LIFO
+	p := startProcess(t, map[string]string{
+		"ELEVA_REDIS_URL":        redistest.URL(t),
+		"ELEVA_KEY_PREFIX":       redistest.Prefix(t),
+		"ELEVA_NOTIFY_SENDER":    "webhook",
+		"ELEVA_WEBHOOK_URL":      hook.URL,
+		"ELEVA_WEBHOOK_SECRET":   secret,
+		"ELEVA_SHUTDOWN_TIMEOUT": "1s",
+	})
+	c := &http.Client{Timeout: 10 * time.Second}
+	if r := call(t, c, "POST", p.base+"/v1/notifications", `{"userId":"u","type":"t","title":"x","message":"y","id":"n-1"}`); r.status != 202 {
+		t.Fatalf("enqueue: %d %v", r.status, r.body)
+	}
+	select {
+	case <-got:
+	case <-time.After(15 * time.Second):
+		t.Fatal("the webhook never received the send")
+	}
+	c.CloseIdleConnections()
+	began := time.Now()
+	p.terminate(t)
+	if d := time.Since(began); d > 4*time.Second {
+		t.Errorf("shutdown with a hanging send took %v (--shutdown-timeout 1s)", d)
+	}
+	logs := p.logs.String()
+	for _, want := range []string{"send interrupted; items stay leased", "msg=stopped"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("logs lack %q:\n%s", want, logs)
 		}
 	}
 }
