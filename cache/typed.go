@@ -567,9 +567,19 @@ func (c *Cache[T]) lead(ctx context.Context, rk rkey, cl *call[T], load func(con
 			// their change wakes us, then wait for it (or for the lease's
 			// end, in case its holder died and no change comes).
 			if c.s.tracking {
+				// While this instance's own invalidation of rk awaits its
+				// push (a tombstone), the client-side cache may still hold
+				// the old entry: serve none from this read then. The read
+				// stays tracked (its registration is what wakes us) and its
+				// lease state still decides whether to try again, which the
+				// acquire script answers from Redis itself.
+				tomb := c.tombstoned(rk)
 				cctx, cancel := c.s.ctx(ctx)
 				e, leased, err := c.s.b.read(cctx, rk, true)
 				cancel()
+				if tomb {
+					e = nil
+				}
 				if err == nil && e != nil && c.s.now().Before(e.hardAt) {
 					if _, _, current, cerr := c.s.current(ctx, e); cerr == nil && current {
 						if v, m, err, ok := c.decodeEntry(rk, e); ok {
