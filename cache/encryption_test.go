@@ -3,7 +3,6 @@ package cache
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"testing"
 
@@ -11,27 +10,15 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
-
-func keyring(t *testing.T, spec string) *seal.Keyring {
-	t.Helper()
-	kr, err := ParseKeyring(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return kr
-}
-
-func keySpec(kid string, fill byte) string {
-	return kid + ":" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{fill}, seal.KeySize))
-}
 
 // TestEncryptionAtRest: with a Keyring the shared level holds no plaintext;
 // a value sealed under an older key is read after rotation; a value that
 // does not open (its key removed, copied from another key, or read without
 // encryption) is a miss that loads again — on memory, Redis and Cluster.
 func TestEncryptionAtRest(t *testing.T) {
-	k1, k2 := keySpec("k1", 1), keySpec("k2", 2)
+	k1, k2 := testutil.KeyEntry("k1", 1), testutil.KeyEntry("k2", 2)
 	const secret = "Jane Doe, diabetes type 2"
 	ctx := context.Background()
 	for _, tg := range []struct {
@@ -50,7 +37,7 @@ func TestEncryptionAtRest(t *testing.T) {
 				}
 				return redisStoreCfg(t, tg.url(t), "tracking", StoreConfig{Keyring: kr})
 			}
-			writer := New[string](store(keyring(t, k1)), Config[string]{Namespace: "n", LocalSize: -1})
+			writer := New[string](store(testutil.Keyring(t, k1)), Config[string]{Namespace: "n", LocalSize: -1})
 			if err := writer.Set(ctx, "patient:1", secret); err != nil {
 				t.Fatal(err)
 			}
@@ -67,14 +54,14 @@ func TestEncryptionAtRest(t *testing.T) {
 			if tg.url == nil {
 				return // one Store, one keyring: the rest needs separate instances
 			}
-			rotated := New[string](store(keyring(t, k2+","+k1)), Config[string]{Namespace: "n", LocalSize: -1})
+			rotated := New[string](store(testutil.Keyring(t, k2+","+k1)), Config[string]{Namespace: "n", LocalSize: -1})
 			if v, _, err := rotated.Get(ctx, "patient:1"); err != nil || v != secret {
 				t.Fatalf("Get after rotation (k2 current, k1 kept): %q, %v", v, err)
 			}
 			for _, tt := range []struct {
 				name string
 				kr   *seal.Keyring
-			}{{"k1 removed", keyring(t, k2)}, {"encryption off", nil}} {
+			}{{"k1 removed", testutil.Keyring(t, k2)}, {"encryption off", nil}} {
 				c := New[string](store(tt.kr), Config[string]{Namespace: "n", LocalSize: -1})
 				if _, _, err := c.Get(ctx, "patient:1"); !errors.Is(err, ErrNotFound) {
 					t.Fatalf("%s: Get = %v, want a miss", tt.name, err)

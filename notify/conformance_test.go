@@ -18,6 +18,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/clock"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // The conformance suite: the behaviours of the Queue contract (notify.go),
@@ -237,23 +238,6 @@ func redisDump(t *testing.T, client rueidis.Client, prefix string) string {
 	return strings.Join(lines, "\n")
 }
 
-func must[T any](t *testing.T, what string) func(T, error) T {
-	return func(v T, err error) T {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		return v
-	}
-}
-
-func wantErr(t *testing.T, what string, err, want error) {
-	t.Helper()
-	if !errors.Is(err, want) {
-		t.Fatalf("%s: got %v, want %v", what, err, want)
-	}
-}
-
 func note(user, id string) Notification {
 	return Notification{ID: id, UserID: user, Type: "reminder", Title: "Your session", Message: "starts soon", Data: json.RawMessage(`{"n":1}`)}
 }
@@ -272,7 +256,7 @@ func claimUser(t *testing.T, e env, q Queue, user string, perUser int) Batch {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		for _, b := range must[[]Batch](t, "Claim")(q.Claim(ctxb, 100, perUser)) {
+		for _, b := range testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 100, perUser)) {
 			if b.UserID == user {
 				return b
 			}
@@ -322,7 +306,7 @@ func TestConcurrentEnqueue(t *testing.T) {
 		if c := created.Load(); c != n {
 			t.Fatalf("%d enqueues created, want %d (each id exactly once)", c, n)
 		}
-		got := must[[]Notification](t, "Pending")(qs[0].Pending(ctxb, "patient-1", MaxPendingLimit))
+		got := testutil.Must[[]Notification](t, "Pending")(qs[0].Pending(ctxb, "patient-1", MaxPendingLimit))
 		seen := map[string]bool{}
 		for _, x := range got {
 			if seen[x.ID] {
@@ -333,7 +317,7 @@ func TestConcurrentEnqueue(t *testing.T) {
 		if len(seen) != n {
 			t.Fatalf("Pending returned %d distinct ids, want %d", len(seen), n)
 		}
-		st := must[Stats](t, "Stats")(qs[1].Stats(ctxb))
+		st := testutil.Must[Stats](t, "Stats")(qs[1].Stats(ctxb))
 		if st.Pending != n || st.Scheduled+st.Inflight+st.Retrying+st.Dead != 0 {
 			t.Fatalf("Stats %+v, want %d pending and nothing else", st, n)
 		}
@@ -348,11 +332,11 @@ func TestConcurrentEnqueue(t *testing.T) {
 				}
 				claimed[it.ID] = true
 			}
-			if k := must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...)); k != len(b.Items) {
+			if k := testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...)); k != len(b.Items) {
 				t.Fatalf("Ack acked %d of %d", k, len(b.Items))
 			}
 		}
-		st = must[Stats](t, "Stats")(q.Stats(ctxb))
+		st = testutil.Must[Stats](t, "Stats")(q.Stats(ctxb))
 		if st.Delivered != n || st.Pending != 0 || st.Inflight != 0 {
 			t.Fatalf("Stats after acking all %+v, want %d delivered, nothing else", st, n)
 		}
@@ -365,34 +349,34 @@ func TestConcurrentEnqueue(t *testing.T) {
 func TestIdempotentEnqueue(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{})
-		r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+		r := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
 		if !r.Created || r.State != StatePending || r.ID != "a" {
 			t.Fatalf("first Enqueue %+v", r)
 		}
 		changed := note("u", "a")
 		changed.Title = "something else"
 		before := e.dump()
-		r = must[Result](t, "Enqueue again")(q.Enqueue(ctxb, changed))
+		r = testutil.Must[Result](t, "Enqueue again")(q.Enqueue(ctxb, changed))
 		if r.Created || r.State != StatePending {
 			t.Fatalf("second Enqueue %+v, want not created, pending", r)
 		}
 		if after := e.dump(); after != before {
 			t.Fatalf("a duplicate enqueue wrote:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
-		if r := must[Result](t, "other user")(q.Enqueue(ctxb, note("v", "a"))); !r.Created {
+		if r := testutil.Must[Result](t, "other user")(q.Enqueue(ctxb, note("v", "a"))); !r.Created {
 			t.Fatal("the same id for another user was not created")
 		}
 		b := claimUser(t, e, q, "u", 5)
-		if r := must[Result](t, "Enqueue inflight")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateInflight {
+		if r := testutil.Must[Result](t, "Enqueue inflight")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateInflight {
 			t.Fatalf("Enqueue of a leased id %+v, want not created, inflight", r)
 		}
-		must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
-		if r := must[Result](t, "Enqueue delivered")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
+		testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
+		if r := testutil.Must[Result](t, "Enqueue delivered")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
 			t.Fatalf("Enqueue of a delivered id %+v, want not created, delivered", r)
 		}
 		// A generated id is random.
-		r1 := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
-		r2 := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
+		r1 := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
+		r2 := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "")))
 		if r1.ID == "" || r1.ID == r2.ID || !r1.Created || !r2.Created {
 			t.Fatalf("generated ids %+v %+v", r1, r2)
 		}
@@ -412,7 +396,7 @@ func TestEnqueueMany(t *testing.T) {
 		}
 		ns = append(ns, note("user-0", "id-0"), Notification{UserID: "", Type: "x"})
 		start := time.Now()
-		res := must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
+		res := testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
 		t.Logf("EnqueueMany of %d in %v", len(ns), time.Since(start))
 		for i, r := range res[:300] {
 			if r.Err != nil || !r.Created || r.ID != ns[i].ID {
@@ -422,14 +406,14 @@ func TestEnqueueMany(t *testing.T) {
 		if r := res[300]; r.Err != nil || r.Created {
 			t.Fatalf("duplicate in the call: %+v, want not created", r)
 		}
-		wantErr(t, "invalid item", res[301].Err, ErrInvalidArgument)
+		testutil.WantErr(t, "invalid item", res[301].Err, ErrInvalidArgument)
 		for u := range 30 {
-			got := must[[]Notification](t, "Pending")(q.Pending(ctxb, fmt.Sprintf("user-%d", u), 100))
+			got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, fmt.Sprintf("user-%d", u), 100))
 			if len(got) != 10 {
 				t.Fatalf("user-%d has %d pending, want 10", u, len(got))
 			}
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != 300 {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != 300 {
 			t.Fatalf("Stats %+v, want 300 pending", st)
 		}
 	})
@@ -444,7 +428,7 @@ func TestOrder(t *testing.T) {
 		add := func(id string, p Priority, sched time.Time) {
 			n := note("u", id)
 			n.Priority, n.ScheduledFor = p, sched
-			must[Result](t, "Enqueue "+id)(q.Enqueue(ctxb, n))
+			testutil.Must[Result](t, "Enqueue "+id)(q.Enqueue(ctxb, n))
 		}
 		add("low-1", PriorityLow, time.Time{})
 		add("normal-1", PriorityNormal, time.Time{})
@@ -455,23 +439,23 @@ func TestOrder(t *testing.T) {
 		add("normal-0", PriorityNormal, now.Add(-time.Hour)) // older: due an hour ago
 		add("high-later", PriorityHigh, now.Add(time.Hour))  // not due
 		want := []string{"high-1", "high-2", "normal-0", "normal-1", "normal-2", "low-1", "low-2"}
-		got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 100)))
+		got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 100)))
 		if !slices.Equal(got, want) {
 			t.Fatalf("Pending order %v, want %v", got, want)
 		}
-		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 3))); !slices.Equal(got, want[:3]) {
+		if got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 3))); !slices.Equal(got, want[:3]) {
 			t.Fatalf("Pending limit 3: %v, want %v", got, want[:3])
 		}
 		var claimed []string
 		for len(claimed) < len(want) {
 			b := claimUser(t, e, q, "u", 2)
 			claimed = append(claimed, ids(b.Items)...)
-			must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...))
+			testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, ids(b.Items)...))
 		}
 		if !slices.Equal(claimed, want) {
 			t.Fatalf("Claim order %v, want %v", claimed, want)
 		}
-		for _, b := range must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)) {
+		for _, b := range testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)) {
 			t.Fatalf("Claim returned %v; high-later is not due", ids(b.Items))
 		}
 	})
@@ -486,7 +470,7 @@ func TestLeaseLost(t *testing.T) {
 		qs := e.instances(cfg, 2)
 		a, b := qs[0], qs[1]
 		for i := range 3 {
-			must[Result](t, "Enqueue")(a.Enqueue(ctxb, note("u", fmt.Sprint(i))))
+			testutil.Must[Result](t, "Enqueue")(a.Enqueue(ctxb, note("u", fmt.Sprint(i))))
 		}
 		ba := claimUser(t, e, a, "u", 5)
 		if len(ba.Items) != 3 || ba.Items[0].Attempts != 1 || ba.Items[0].State != StateInflight {
@@ -494,7 +478,7 @@ func TestLeaseLost(t *testing.T) {
 		}
 		// While the lease is live nobody else gets the user.
 		var bb Batch
-		if bs := must[[]Batch](t, "Claim")(b.Claim(ctxb, 10, 5)); len(bs) != 0 {
+		if bs := testutil.Must[[]Batch](t, "Claim")(b.Claim(ctxb, 10, 5)); len(bs) != 0 {
 			if time.Now().Before(ba.ExpiresAt) {
 				t.Fatalf("a second claimer got %+v during a live lease", bs)
 			}
@@ -508,23 +492,23 @@ func TestLeaseLost(t *testing.T) {
 		}
 		before := e.dump()
 		_, err := a.Ack(ctxb, ba, ids(ba.Items)...)
-		wantErr(t, "stale Ack", err, ErrLeaseLost)
+		testutil.WantErr(t, "stale Ack", err, ErrLeaseLost)
 		_, err = a.Nack(ctxb, ba, Failure{ID: "0", Err: errors.New("boom")}, Failure{ID: "1", Permanent: true})
-		wantErr(t, "stale Nack", err, ErrLeaseLost)
+		testutil.WantErr(t, "stale Nack", err, ErrLeaseLost)
 		err = a.Extend(ctxb, &ba)
-		wantErr(t, "stale Extend", err, ErrLeaseLost)
+		testutil.WantErr(t, "stale Extend", err, ErrLeaseLost)
 		if after := e.dump(); after != before {
 			t.Fatalf("a stale holder wrote:\nbefore:\n%s\nafter:\n%s", before, after)
 		}
-		if n := must[int](t, "Ack")(b.Ack(ctxb, bb, ids(bb.Items)...)); n != 3 {
+		if n := testutil.Must[int](t, "Ack")(b.Ack(ctxb, bb, ids(bb.Items)...)); n != 3 {
 			t.Fatalf("new holder acked %d, want 3", n)
 		}
-		if st := must[Stats](t, "Stats")(a.Stats(ctxb)); st.Delivered != 3 || st.Inflight != 0 || st.Pending != 0 {
+		if st := testutil.Must[Stats](t, "Stats")(a.Stats(ctxb)); st.Delivered != 3 || st.Inflight != 0 || st.Pending != 0 {
 			t.Fatalf("Stats %+v, want 3 delivered", st)
 		}
 		// The finished lease is gone too.
 		_, err = b.Ack(ctxb, bb, "0")
-		wantErr(t, "Ack of a finished batch", err, ErrLeaseLost)
+		testutil.WantErr(t, "Ack of a finished batch", err, ErrLeaseLost)
 	})
 }
 
@@ -535,7 +519,7 @@ func TestOneLeasePerUser(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		qs := e.instances(Config{}, 4)
 		for i := range 12 {
-			must[Result](t, "Enqueue")(qs[0].Enqueue(ctxb, note("u", fmt.Sprintf("%02d", i))))
+			testutil.Must[Result](t, "Enqueue")(qs[0].Enqueue(ctxb, note("u", fmt.Sprintf("%02d", i))))
 		}
 		var mu sync.Mutex
 		var got []Batch
@@ -556,12 +540,12 @@ func TestOneLeasePerUser(t *testing.T) {
 			t.Fatalf("16 concurrent claims got %d batches (%+v), want one of 5 items", len(got), got)
 		}
 		// Enqueueing for a leased user does not make it due.
-		must[Result](t, "Enqueue")(qs[1].Enqueue(ctxb, note("u", "new")))
-		if bs := must[[]Batch](t, "Claim")(qs[2].Claim(ctxb, 10, 5)); len(bs) != 0 {
+		testutil.Must[Result](t, "Enqueue")(qs[1].Enqueue(ctxb, note("u", "new")))
+		if bs := testutil.Must[[]Batch](t, "Claim")(qs[2].Claim(ctxb, 10, 5)); len(bs) != 0 {
 			t.Fatalf("Claim during a lease got %v", ids(bs[0].Items))
 		}
-		must[int](t, "Ack")(qs[0].Ack(ctxb, got[0], ids(got[0].Items)...))
-		b := must[[]Batch](t, "Claim")(qs[3].Claim(ctxb, 10, 5))
+		testutil.Must[int](t, "Ack")(qs[0].Ack(ctxb, got[0], ids(got[0].Items)...))
+		b := testutil.Must[[]Batch](t, "Claim")(qs[3].Claim(ctxb, 10, 5))
 		if len(b) != 1 || !slices.Equal(ids(b[0].Items), []string{"05", "06", "07", "08", "09"}) {
 			t.Fatalf("claim after the ack: %+v", b)
 		}
@@ -575,19 +559,19 @@ func TestNackRetryDead(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{})
 		for _, id := range []string{"ok", "retry", "perm"} {
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
 		}
 		last := note("u", "last")
 		last.MaxAttempts = 1
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, last))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, last))
 		b := claimUser(t, e, q, "u", 10)
 		if len(b.Items) != 4 {
 			t.Fatalf("claimed %v", ids(b.Items))
 		}
-		if n := must[int](t, "Ack")(q.Ack(ctxb, b, "ok", "unknown")); n != 1 {
+		if n := testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "ok", "unknown")); n != 1 {
 			t.Fatalf("Ack of one known id acked %d", n)
 		}
-		n := must[int](t, "Nack")(q.Nack(ctxb, b,
+		n := testutil.Must[int](t, "Nack")(q.Nack(ctxb, b,
 			Failure{ID: "retry", Err: errors.New("novu 503"), RetryAfter: time.Hour},
 			Failure{ID: "perm", Err: errors.New("novu 422"), Permanent: true},
 			Failure{ID: "last", Err: errors.New("novu 500")},
@@ -595,14 +579,14 @@ func TestNackRetryDead(t *testing.T) {
 		if n != 3 {
 			t.Fatalf("Nack moved %d, want 3", n)
 		}
-		st := must[Stats](t, "Stats")(q.Stats(ctxb))
+		st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb))
 		if st != (Stats{Retrying: 1, Dead: 2, Delivered: 1}) {
 			t.Fatalf("Stats %+v, want 1 retrying, 2 dead, 1 delivered", st)
 		}
 		// The batch is finished: the lease ended with its last item.
 		_, err := q.Ack(ctxb, b, "ok")
-		wantErr(t, "Ack after the batch ended", err, ErrLeaseLost)
-		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		testutil.WantErr(t, "Ack after the batch ended", err, ErrLeaseLost)
+		dead := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
 		errOf := map[string]string{}
 		for _, d := range dead {
 			if d.State != StateDead || d.UserID != "u" || d.Type != "reminder" || string(d.Data) != `{"n":1}` {
@@ -613,16 +597,16 @@ func TestNackRetryDead(t *testing.T) {
 		if len(dead) != 2 || errOf["perm"] != "novu 422" || errOf["last"] != "novu 500" {
 			t.Fatalf("ListDead %+v", dead)
 		}
-		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)); len(bs) != 0 {
+		if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 10)); len(bs) != 0 {
 			t.Fatalf("Claim got %v before the retry is due", ids(bs[0].Items))
 		}
-		wantErr(t, "RequeueDead of a retrying item", q.RequeueDead(ctxb, "u", "retry"), ErrNotFound)
-		must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, "u", "perm"))
+		testutil.WantErr(t, "RequeueDead of a retrying item", q.RequeueDead(ctxb, "u", "retry"), ErrNotFound)
+		testutil.Must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, "u", "perm"))
 		b = claimUser(t, e, q, "u", 10)
 		if len(b.Items) != 1 || b.Items[0].ID != "perm" || b.Items[0].Attempts != 1 {
 			t.Fatalf("claim after requeue: %+v", b.Items)
 		}
-		must[int](t, "Ack")(q.Ack(ctxb, b, "perm"))
+		testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "perm"))
 		if e.redis {
 			return // a real hour is too long; memory checks the retry fires
 		}
@@ -639,9 +623,9 @@ func TestNackRetryDead(t *testing.T) {
 func TestRetryBackoff(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{BackoffBase: 100 * time.Millisecond, BackoffCap: 100 * time.Millisecond})
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "x")))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "x")))
 		b := claimUser(t, e, q, "u", 1)
-		must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "x", Err: errors.New("timeout")}))
+		testutil.Must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "x", Err: errors.New("timeout")}))
 		e.after(e.now().Add(101 * time.Millisecond))
 		b = claimUser(t, e, q, "u", 1)
 		if b.Items[0].Attempts != 2 || b.Items[0].LastError != "timeout" {
@@ -661,22 +645,22 @@ func TestExpired(t *testing.T) {
 		// due, even on a loaded machine.
 		n.ScheduledFor = now.Add(time.Second)
 		n.ExpiresAt = now.Add(1100 * time.Millisecond)
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "fresh")))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "fresh")))
 		b := claimUser(t, e, q, "u", 5)
 		if !slices.Equal(ids(b.Items), []string{"fresh"}) {
 			t.Fatalf("claimed %v", ids(b.Items))
 		}
-		must[int](t, "Ack")(q.Ack(ctxb, b, "fresh"))
+		testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "fresh"))
 		e.after(n.ExpiresAt)
-		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
+		if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
 			t.Fatalf("Claim got expired %v", ids(bs[0].Items))
 		}
-		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		dead := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
 		if len(dead) != 1 || dead[0].ID != "reminder" || dead[0].LastError != ReasonExpired || dead[0].Attempts != 0 {
 			t.Fatalf("ListDead %+v, want the reminder, expired", dead)
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Dead: 1, Delivered: 1}) {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Dead: 1, Delivered: 1}) {
 			t.Fatalf("Stats %+v, want 1 dead, 1 delivered", st)
 		}
 	})
@@ -695,16 +679,16 @@ func TestPendingExpires(t *testing.T) {
 			if id == "b" {
 				n.ExpiresAt = now.Add(300 * time.Millisecond)
 			}
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
 		}
 		e.after(now.Add(300 * time.Millisecond))
-		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))); !slices.Equal(got, []string{"a", "c"}) {
+		if got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))); !slices.Equal(got, []string{"a", "c"}) {
 			t.Fatalf("Pending %v, want [a c]", got)
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 2, Dead: 1}) {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 2, Dead: 1}) {
 			t.Fatalf("Stats %+v, want 2 pending, 1 dead", st)
 		}
-		dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
+		dead := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))
 		if len(dead) != 1 || dead[0].ID != "b" || dead[0].LastError != ReasonExpired {
 			t.Fatalf("ListDead %+v", dead)
 		}
@@ -725,21 +709,21 @@ func TestScheduledWeekAhead(t *testing.T) {
 		q := e.queue(Config{})
 		n := note("u", "in-a-week")
 		n.ScheduledFor = e.now().Add(7 * 24 * time.Hour)
-		if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StateScheduled {
+		if r := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StateScheduled {
 			t.Fatalf("state %s, want scheduled", r.State)
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Scheduled: 1}) {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Scheduled: 1}) {
 			t.Fatalf("Stats %+v, want 1 scheduled", st)
 		}
-		if got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
+		if got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
 			t.Fatalf("Pending %v", ids(got))
 		}
-		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
+		if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 5)); len(bs) != 0 {
 			t.Fatalf("Claim %v", bs)
 		}
-		must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, "u", "in-a-week"))
-		wantErr(t, "second Cancel", q.Cancel(ctxb, "u", "in-a-week"), ErrNotFound)
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
+		testutil.Must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, "u", "in-a-week"))
+		testutil.WantErr(t, "second Cancel", q.Cancel(ctxb, "u", "in-a-week"), ErrNotFound)
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
 			t.Fatalf("Stats after Cancel %+v, want zero", st)
 		}
 	})
@@ -751,17 +735,17 @@ func TestCancelStates(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{})
 		for _, id := range []string{"a", "b", "c"} {
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
 		}
 		b := claimUser(t, e, q, "u", 2) // a, b leased
-		must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "b", Permanent: true}))
+		testutil.Must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: "b", Permanent: true}))
 		for _, id := range []string{"a", "b", "c"} {
-			must[struct{}](t, "Cancel "+id)(struct{}{}, q.Cancel(ctxb, "u", id))
+			testutil.Must[struct{}](t, "Cancel "+id)(struct{}{}, q.Cancel(ctxb, "u", id))
 		}
-		if n := must[int](t, "Ack")(q.Ack(ctxb, b, "a")); n != 0 {
+		if n := testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "a")); n != 0 {
 			t.Fatalf("Ack of a cancelled item acked %d", n)
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{}) {
 			t.Fatalf("Stats %+v, want zero", st)
 		}
 		if d := e.dump(); strings.Contains(d, `"a"`) || strings.Contains(d, "u:a") {
@@ -775,19 +759,19 @@ func TestRemove(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{})
 		for _, id := range []string{"a", "b", "c"} {
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
 		}
-		got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))
-		if n := must[int](t, "Remove")(q.Remove(ctxb, "u", append(ids(got), "missing")...)); n != 2 {
+		got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 2))
+		if n := testutil.Must[int](t, "Remove")(q.Remove(ctxb, "u", append(ids(got), "missing")...)); n != 2 {
 			t.Fatalf("Remove removed %d, want 2", n)
 		}
-		if got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10))); !slices.Equal(got, []string{"c"}) {
+		if got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10))); !slices.Equal(got, []string{"c"}) {
 			t.Fatalf("Pending after Remove %v", got)
 		}
-		if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 1, Delivered: 2}) {
+		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Pending: 1, Delivered: 2}) {
 			t.Fatalf("Stats %+v", st)
 		}
-		if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
+		if r := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a"))); r.Created || r.State != StateDelivered {
 			t.Fatalf("re-Enqueue of a removed id %+v", r)
 		}
 	})
@@ -797,21 +781,21 @@ func TestRemove(t *testing.T) {
 func TestExtend(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{Lease: 300 * time.Millisecond})
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
 		b := claimUser(t, e, q, "u", 1)
 		first := b.ExpiresAt
 		e.after(e.now().Add(100 * time.Millisecond))
-		must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
+		testutil.Must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
 		if !b.ExpiresAt.After(first) {
 			t.Fatalf("Extend: expiry %v, was %v", b.ExpiresAt, first)
 		}
-		if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 1)); len(bs) != 0 {
+		if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 10, 1)); len(bs) != 0 {
 			if time.Now().Before(b.ExpiresAt) {
 				t.Fatal("claimed during an extended lease")
 			}
 			return // a slow machine: the extended lease had expired already
 		}
-		must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
+		testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, "a"))
 	})
 }
 
@@ -821,18 +805,18 @@ func TestDeadCap(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{DeadCap: 3, Shards: 1})
 		for i := range 5 {
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", fmt.Sprint(i))))
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", fmt.Sprint(i))))
 		}
 		b := claimUser(t, e, q, "u", 5)
 		for _, it := range b.Items {
 			e.after(e.now().Add(2 * time.Millisecond)) // distinct times of death
-			must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Permanent: true, Err: errors.New("bad")}))
+			testutil.Must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Permanent: true, Err: errors.New("bad")}))
 		}
-		st := must[Stats](t, "Stats")(q.Stats(ctxb))
+		st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb))
 		if st != (Stats{Dead: 3, DeadDropped: 2}) {
 			t.Fatalf("Stats %+v, want 3 dead, 2 dropped", st)
 		}
-		if got := ids(must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))); !slices.Equal(got, []string{"4", "3", "2"}) {
+		if got := ids(testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 10))); !slices.Equal(got, []string{"4", "3", "2"}) {
 			t.Fatalf("ListDead %v, want the newest three", got)
 		}
 		d := e.dump()
@@ -849,7 +833,7 @@ func TestDeadCap(t *testing.T) {
 func TestBadInput(t *testing.T) {
 	forEach(t, func(t *testing.T, e env) {
 		q := e.queue(Config{})
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "seed")))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "seed")))
 		now := e.now()
 		with := func(f func(n *Notification)) Notification {
 			n := note("u", "x")
@@ -901,7 +885,7 @@ func TestBadInput(t *testing.T) {
 		}
 		before := e.dump()
 		for _, c := range cases {
-			wantErr(t, c.name, c.call(), ErrInvalidArgument)
+			testutil.WantErr(t, c.name, c.call(), ErrInvalidArgument)
 		}
 		if after := e.dump(); after != before {
 			t.Fatalf("bad input wrote:\nbefore:\n%s\nafter:\n%s", before, after)
@@ -948,7 +932,7 @@ func TestConcurrentWorkers(t *testing.T) {
 				ns = append(ns, note(fmt.Sprintf("user-%d", u), fmt.Sprint(i)))
 			}
 		}
-		must[[]Result](t, "EnqueueMany")(qs[0].EnqueueMany(ctxb, ns[:len(ns)/2]))
+		testutil.Must[[]Result](t, "EnqueueMany")(qs[0].EnqueueMany(ctxb, ns[:len(ns)/2]))
 		var (
 			mu      sync.Mutex
 			holding = map[string]bool{} // user/id in a live batch
@@ -1033,7 +1017,7 @@ func TestConcurrentWorkers(t *testing.T) {
 				t.Fatalf("%s delivered %d times", k, n)
 			}
 		}
-		if st := must[Stats](t, "Stats")(qs[2].Stats(ctxb)); st != (Stats{Delivered: int64(len(ns))}) {
+		if st := testutil.Must[Stats](t, "Stats")(qs[2].Stats(ctxb)); st != (Stats{Delivered: int64(len(ns))}) {
 			t.Fatalf("Stats %+v, want %d delivered and nothing else", st, len(ns))
 		}
 	})

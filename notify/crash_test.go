@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // The crash test's worker process: the test binary run again with
@@ -71,7 +72,7 @@ func TestWorkerCrashRedelivery(t *testing.T) {
 			})
 			q := NewRedis(redistest.Client(t, url), quiet(Config{Prefix: prefix, Lease: lease, Timeout: 10 * time.Second}))
 			for _, id := range []string{"n1", "n2", "n3"} {
-				must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "patient-1", Type: "reminder"}))
+				testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "patient-1", Type: "reminder"}))
 			}
 			var out bytes.Buffer
 			var outMu sync.Mutex

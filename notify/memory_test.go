@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/clock"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // TestMemoryWeekAheadBecomesDue: with the injected fake clock, a
@@ -16,21 +17,21 @@ func TestMemoryWeekAheadBecomesDue(t *testing.T) {
 	q := NewMemory(Config{Now: clk.Now})
 	n := note("u", "in-a-week")
 	n.ScheduledFor = clk.Now().Add(7 * 24 * time.Hour)
-	must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
+	testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, n))
 
 	clk.Advance(7*24*time.Hour - time.Millisecond)
-	if got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
+	if got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)); len(got) != 0 {
 		t.Fatalf("due a millisecond early: %v", ids(got))
 	}
-	if st := must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Scheduled: 1}) {
+	if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Scheduled: 1}) {
 		t.Fatalf("Stats %+v", st)
 	}
 	clk.Advance(time.Millisecond)
-	got := must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10))
+	got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10))
 	if len(got) != 1 || got[0].State != StatePending || !got[0].ScheduledFor.Equal(n.ScheduledFor) {
 		t.Fatalf("after 7 days: %+v", got)
 	}
-	bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
 	if len(bs) != 1 || bs[0].Items[0].ID != "in-a-week" {
 		t.Fatalf("Claim after 7 days: %+v", bs)
 	}
@@ -45,14 +46,14 @@ func TestMemoryLeaseExpiryMakesDue(t *testing.T) {
 	t.Parallel()
 	clk := clock.NewFake(time.Date(2026, 3, 1, 9, 0, 0, 0, time.UTC))
 	q := NewMemory(Config{Now: clk.Now, Lease: time.Second})
-	must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
-	must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
+	testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", "a")))
+	testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))
 	clk.Advance(time.Second - time.Millisecond)
-	if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 0 {
+	if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 0 {
 		t.Fatal("claimed before the lease expired")
 	}
 	clk.Advance(time.Millisecond)
-	if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 1 || bs[0].Items[0].Attempts != 2 {
+	if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 1 || bs[0].Items[0].Attempts != 2 {
 		t.Fatalf("claim at the lease expiry: %+v", bs)
 	}
 }
@@ -65,14 +66,14 @@ func TestMemoryExpiresOnInjectedClock(t *testing.T) {
 	q := NewMemory(Config{Now: clk.Now})
 	n := note("u", "a")
 	n.ExpiresAt = clk.Now().Add(time.Hour) // in the wall clock's past
-	if r := must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StatePending {
+	if r := testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, n)); r.State != StatePending {
 		t.Fatalf("state %s", r.State)
 	}
 	clk.Advance(time.Hour)
-	if bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 0 {
+	if bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1)); len(bs) != 0 {
 		t.Fatal("claimed at its expiry")
 	}
-	if d := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 1)); len(d) != 1 || d[0].LastError != ReasonExpired {
+	if d := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 1)); len(d) != 1 || d[0].LastError != ReasonExpired {
 		t.Fatalf("ListDead %+v", d)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/elevacare/eleva-redis/internal/clock"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // TestMetrics: calls are counted by op and outcome, items by event, and two
@@ -20,18 +21,18 @@ func TestMetrics(t *testing.T) {
 	q := NewMemory(Config{Registerer: reg, Now: clk.Now, Lease: time.Second})
 	q2 := NewMemory(Config{Registerer: reg})
 	for _, id := range []string{"a", "b", "a"} {
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("u", id)))
 	}
-	must[Result](t, "Enqueue")(q2.Enqueue(ctxb, note("u", "c")))
+	testutil.Must[Result](t, "Enqueue")(q2.Enqueue(ctxb, note("u", "c")))
 	_, err := q.Enqueue(ctxb, note("", "x"))
-	wantErr(t, "Enqueue", err, ErrInvalidArgument)
-	b := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))[0]
+	testutil.WantErr(t, "Enqueue", err, ErrInvalidArgument)
+	b := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 1))[0]
 	clk.Advance(time.Second)
-	b2 := must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 2))[0]
+	b2 := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 2))[0]
 	_, err = q.Ack(ctxb, b, "a")
-	wantErr(t, "stale Ack", err, ErrLeaseLost)
-	must[int](t, "Ack")(q.Ack(ctxb, b2, "a"))
-	must[int](t, "Nack")(q.Nack(ctxb, b2, Failure{ID: "b", Err: errors.New("x")}))
+	testutil.WantErr(t, "stale Ack", err, ErrLeaseLost)
+	testutil.Must[int](t, "Ack")(q.Ack(ctxb, b2, "a"))
+	testutil.Must[int](t, "Nack")(q.Nack(ctxb, b2, Failure{ID: "b", Err: errors.New("x")}))
 
 	value := func(c prometheus.Counter) float64 {
 		var m dto.Metric

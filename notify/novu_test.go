@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // fakeReply is what the fake Novu does with one request.
@@ -204,7 +206,7 @@ func TestNovuWorker(t *testing.T) {
 			t.Parallel()
 			fake := newFakeNovu(t, c.script)
 			q := NewMemory(quiet(Config{BackoffBase: 20 * time.Millisecond, BackoffCap: 50 * time.Millisecond}))
-			must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "patient-1", Type: "appointment-reminder",
+			testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "patient-1", Type: "appointment-reminder",
 				Title: "secret title", Message: "secret message", Data: json.RawMessage(`{"a":1}`), MaxAttempts: c.maxAttempts}))
 			reg := prometheus.NewRegistry()
 			timeout := c.timeout
@@ -226,7 +228,7 @@ func TestNovuWorker(t *testing.T) {
 					t.Fatalf("fake accepted %d deliveries, want 1", a)
 				}
 			} else {
-				dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
+				dead := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
 				if len(dead) != 1 || !strings.Contains(dead[0].LastError, c.wantDead) {
 					t.Fatalf("dead %+v, want one with %q", dead, c.wantDead)
 				}

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // workflow exercises every script: enqueue (one and many, scheduled a week
@@ -21,43 +22,43 @@ func workflow(t *testing.T, q Queue) {
 	t.Helper()
 	for u := range 20 {
 		user := fmt.Sprintf("patient:%d {x}*", u) // separators, braces, globs
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, note(user, "a")))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note(user, "a")))
 		week := note(user, "week")
 		week.ScheduledFor = time.Now().Add(7 * 24 * time.Hour)
 		week.ExpiresAt = week.ScheduledFor.Add(time.Hour)
-		must[Result](t, "Enqueue week")(q.Enqueue(ctxb, week))
-		must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, []Notification{note(user, "b"), note(user, "c"), note(user, "d")}))
-		must[[]Notification](t, "Pending")(q.Pending(ctxb, user, 10))
+		testutil.Must[Result](t, "Enqueue week")(q.Enqueue(ctxb, week))
+		testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, []Notification{note(user, "b"), note(user, "c"), note(user, "d")}))
+		testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, user, 10))
 	}
 	for {
-		bs := must[[]Batch](t, "Claim")(q.Claim(ctxb, 7, 3))
+		bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 7, 3))
 		if len(bs) == 0 {
 			break
 		}
 		for _, b := range bs {
-			must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
+			testutil.Must[struct{}](t, "Extend")(struct{}{}, q.Extend(ctxb, &b))
 			for _, it := range b.Items {
 				switch it.ID {
 				case "a":
-					must[int](t, "Ack")(q.Ack(ctxb, b, it.ID))
+					testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, it.ID))
 				case "b":
-					must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("later"), RetryAfter: time.Hour}))
+					testutil.Must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("later"), RetryAfter: time.Hour}))
 				default:
-					must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("bad"), Permanent: true}))
+					testutil.Must[int](t, "Nack")(q.Nack(ctxb, b, Failure{ID: it.ID, Err: errors.New("bad"), Permanent: true}))
 				}
 			}
 		}
 	}
 	for u := range 20 {
 		user := fmt.Sprintf("patient:%d {x}*", u)
-		must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, user, "c"))
-		must[int](t, "Remove")(q.Remove(ctxb, user, "c"))
+		testutil.Must[struct{}](t, "RequeueDead")(struct{}{}, q.RequeueDead(ctxb, user, "c"))
+		testutil.Must[int](t, "Remove")(q.Remove(ctxb, user, "c"))
 		if u%2 == 0 {
-			must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, user, "d"))
+			testutil.Must[struct{}](t, "Cancel")(struct{}{}, q.Cancel(ctxb, user, "d"))
 		}
 	}
-	must[Stats](t, "Stats")(q.Stats(ctxb))
-	must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 100))
+	testutil.Must[Stats](t, "Stats")(q.Stats(ctxb))
+	testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 100))
 }
 
 // TestRedisKeysOneSlotNoTTL: on the Cluster, every script's keys are in one
@@ -198,8 +199,8 @@ func TestRedisFailClosed(t *testing.T) {
 	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 8}))
 	untilHealthy(t, q)
 	setup := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: 10 * time.Second, Shards: 8}))
-	must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "before")))
-	b := must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
+	testutil.Must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "before")))
+	b := testutil.Must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
 	if len(b) != 1 {
 		t.Fatal("no batch")
 	}
@@ -258,7 +259,7 @@ func TestRedisFailClosed(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
+	got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
 	if len(got) != 1 || got[0] != "after" {
 		t.Fatalf("Pending after restart %v, want [after]", got)
 	}
@@ -273,9 +274,9 @@ func TestRedisBadConfig(t *testing.T) {
 		"nil client": NewRedis(nil, quiet(Config{})),
 	} {
 		_, err := q.Enqueue(ctxb, note("u", "a"))
-		wantErr(t, name+": Enqueue", err, ErrBackend)
+		testutil.WantErr(t, name+": Enqueue", err, ErrBackend)
 		_, err = q.Claim(ctxb, 1, 1)
-		wantErr(t, name+": Claim", err, ErrBackend)
+		testutil.WantErr(t, name+": Claim", err, ErrBackend)
 	}
 }
 
@@ -291,8 +292,8 @@ func TestRedisTimeoutFailsClosed(t *testing.T) {
 	q := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: timeout, Shards: 4}))
 	untilHealthy(t, q)
 	setup := NewRedis(redistest.Client(t, srv.URL()), quiet(Config{Timeout: 10 * time.Second, Shards: 4}))
-	must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "a")))
-	b := must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
+	testutil.Must[Result](t, "Enqueue")(setup.Enqueue(ctxb, note("u", "a")))
+	b := testutil.Must[[]Batch](t, "Claim")(setup.Claim(ctxb, 1, 1))
 	if len(b) != 1 {
 		t.Fatal("no batch")
 	}
@@ -340,7 +341,7 @@ func TestRedisTimeoutFailsClosed(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	got := ids(must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
+	got := ids(testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "u", 10)))
 	if len(got) != 1 || got[0] != "slow" {
 		t.Fatalf("Pending %v, want [slow] once", got)
 	}
@@ -416,7 +417,7 @@ func TestRedisThroughputLog(t *testing.T) {
 	}
 	wg.Wait()
 	drain := time.Since(start)
-	st := must[Stats](t, "Stats")(q.Stats(ctxb))
+	st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb))
 	if delivered != len(ns) || st != (Stats{Delivered: int64(len(ns))}) {
 		t.Fatalf("delivered %d of %d; Stats %+v", delivered, len(ns), st)
 	}

@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // lockedWriter serialises writes of concurrent loggers into one buffer.
@@ -176,7 +178,7 @@ func TestWebhookWorker(t *testing.T) {
 	f := newFakeWebhook(t, secret, http.StatusOK)
 	q := NewMemory(quiet(Config{}))
 	for i := range 12 {
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: strconv.Itoa(i), UserID: "u" + strconv.Itoa(i%3), Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: strconv.Itoa(i), UserID: "u" + strconv.Itoa(i%3), Type: "t"}))
 	}
 	s, err := NewWebhookSender(WebhookConfig{URL: f.srv.URL, Secret: secret})
 	if err != nil {

@@ -18,6 +18,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // Worker tests run on memory (on the real clock: the worker's timers are
@@ -200,7 +201,7 @@ func TestWorkerDeliversOnceInOrder(t *testing.T) {
 				ns = append(ns, Notification{ID: fmt.Sprintf("n%d", i), UserID: fmt.Sprintf("user-%d", u), Type: "t", Priority: prios[(i+u)%3]})
 			}
 		}
-		for _, r := range must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns)) {
+		for _, r := range testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns)) {
 			if r.Err != nil || !r.Created {
 				t.Fatalf("enqueue: %+v", r)
 			}
@@ -271,7 +272,7 @@ func TestWorkerWakesOnEnqueue(t *testing.T) {
 		for i := range 20 {
 			idle(t)
 			start := time.Now()
-			must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: fmt.Sprint(i), UserID: "u", Type: "t"}))
+			testutil.Must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: fmt.Sprint(i), UserID: "u", Type: "t"}))
 			d := rec.next(t, 2*time.Second)
 			if d.n.ID != fmt.Sprint(i) {
 				t.Fatalf("delivered %q, want %d", d.n.ID, i)
@@ -307,7 +308,7 @@ func TestWorkerScheduled(t *testing.T) {
 			at := base.Add(time.Duration(i) * 37 * time.Millisecond)
 			id := fmt.Sprint(i)
 			want[id] = at
-			must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: id, UserID: fmt.Sprintf("u%d", i), Type: "t", ScheduledFor: at}))
+			testutil.Must[Result](t, "Enqueue")(other.Enqueue(ctxb, Notification{ID: id, UserID: fmt.Sprintf("u%d", i), Type: "t", ScheduledFor: at}))
 		}
 		var late []time.Duration
 		for range n {
@@ -344,7 +345,7 @@ func TestWorkerLeaseTakenOver(t *testing.T) {
 		})
 		cfg := Config{Lease: 300 * time.Millisecond}
 		q := e.instance(cfg)
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		regA := prometheus.NewRegistry()
 		a := NewWorker(e.instance(cfg), fake.sender(t, 30*time.Second), quietWorker(WorkerConfig{Concurrency: 1, ExtendEvery: -1, Registerer: regA}))
 		startWorker(t, a)
@@ -436,13 +437,13 @@ func TestWorkerExtendsLease(t *testing.T) {
 	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
 		const lease = 500 * time.Millisecond
 		q := e.instance(Config{Lease: lease})
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		s := newBlocker()
 		startWorker(t, NewWorker(e.instance(Config{Lease: lease}), s, quietWorker(WorkerConfig{})))
 		s.waitEntered(t)
 		other := e.instance(Config{Lease: lease})
 		for start := time.Now(); time.Since(start) < 4*lease; {
-			if bs := must[[]Batch](t, "Claim")(other.Claim(ctxb, 10, 0)); len(bs) > 0 {
+			if bs := testutil.Must[[]Batch](t, "Claim")(other.Claim(ctxb, 10, 0)); len(bs) > 0 {
 				t.Fatalf("another instance claimed %+v while the send was in flight", bs)
 			}
 			time.Sleep(10 * time.Millisecond) // pacing the observation, not synchronising
@@ -464,7 +465,7 @@ func TestWorkerStop(t *testing.T) {
 	t.Run("in-flight send finishes", func(t *testing.T) {
 		t.Parallel()
 		q := NewMemory(quiet(Config{}))
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		s := newBlocker()
 		ctx, cancel := context.WithCancel(ctxb)
 		done := make(chan error, 1)
@@ -495,7 +496,7 @@ func TestWorkerStop(t *testing.T) {
 	t.Run("a send past StopTimeout is left leased", func(t *testing.T) {
 		t.Parallel()
 		q := NewMemory(quiet(Config{Lease: 300 * time.Millisecond}))
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		s := newBlocker()
 		ctx, cancel := context.WithCancel(ctxb)
 		reg := prometheus.NewRegistry()
@@ -535,7 +536,7 @@ func TestWorkerMixedOutcomes(t *testing.T) {
 	t.Parallel()
 	q := NewMemory(quiet(Config{BackoffBase: 10 * time.Millisecond, BackoffCap: 20 * time.Millisecond}))
 	for _, id := range []string{"ok", "retry", "perm", "pause", "missing"} {
-		must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "u", Type: "t"}))
+		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "u", Type: "t"}))
 	}
 	var mu sync.Mutex
 	sends := map[string][]int{} // id -> attempts seen
@@ -575,7 +576,7 @@ func TestWorkerMixedOutcomes(t *testing.T) {
 			t.Errorf("%s sent with attempts %v, want %v", id, sends[id], at)
 		}
 	}
-	dead := must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
+	dead := testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 0))
 	if len(dead) != 1 || dead[0].ID != "perm" || dead[0].LastError != "refused" {
 		t.Fatalf("dead %+v", dead)
 	}

@@ -3,7 +3,6 @@ package session
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 func mustKeys(prefix string) keys.Builder { return keys.MustNew(prefix, nil) }
@@ -302,37 +302,6 @@ func within(t *testing.T, what string, got, lo, hi time.Time) {
 	}
 }
 
-func must[T any](t *testing.T, what string) func(T, error) T {
-	return func(v T, err error) T {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		return v
-	}
-}
-
-func wantErr(t *testing.T, what string, err, want error) {
-	t.Helper()
-	if !errors.Is(err, want) {
-		t.Fatalf("%s: got %v, want %v", what, err, want)
-	}
-}
-
-func testKeyring(t testing.TB, spec ...string) *seal.Keyring {
-	t.Helper()
-	k, err := ParseKeyring(strings.Join(spec, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// keyEntry is a fixed key entry "kid:base64" for tests.
-func keyEntry(kid string, fill byte) string {
-	return kid + ":" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{fill}, seal.KeySize))
-}
-
 var ctxb = context.Background()
 
 // eventually polls cond every millisecond until it holds or 5s pass, and
@@ -366,7 +335,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		before := time.Now()
-		got := must[Session](t, "Create")(s.Create(ctxb, "sess-1", NewSession{
+		got := testutil.Must[Session](t, "Create")(s.Create(ctxb, "sess-1", NewSession{
 			UserID: "user-42", Roles: []string{"patient", "beta", "patient"},
 			DeviceInfo: []byte(`{"ua":"Safari"}`), Preferences: []byte(`{"lang":"pt"}`),
 		}))
@@ -384,13 +353,13 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 			!got.ExpiresAt.Equal(got.LastActivityAt.Add(DefaultIdleTimeout)) {
 			t.Errorf("defaults: idle %v, absolute %v, expires %v (created %v)", got.IdleTimeout, got.AbsoluteExpiresAt, got.ExpiresAt, got.CreatedAt)
 		}
-		read := must[Session](t, "Get")(s.Get(ctxb, "sess-1"))
+		read := testutil.Must[Session](t, "Get")(s.Get(ctxb, "sess-1"))
 		if fmt.Sprint(read) != fmt.Sprint(got) {
 			t.Fatalf("Get = %+v\nCreate returned %+v", read, got)
 		}
 
 		// Per-call lifetimes; the absolute expiry wins when it is earlier.
-		got = must[Session](t, "Create")(s.Create(ctxb, "sess-2", NewSession{UserID: "u", TTL: 10 * time.Minute, IdleTimeout: time.Hour}))
+		got = testutil.Must[Session](t, "Create")(s.Create(ctxb, "sess-2", NewSession{UserID: "u", TTL: 10 * time.Minute, IdleTimeout: time.Hour}))
 		if got.IdleTimeout != time.Hour || !got.ExpiresAt.Equal(got.AbsoluteExpiresAt) || !got.AbsoluteExpiresAt.Equal(got.CreatedAt.Add(10*time.Minute)) {
 			t.Errorf("custom lifetimes: %+v", got)
 		}
@@ -400,7 +369,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		// Config defaults apply.
 		c := newEnv(t).store(Config{TTL: time.Hour, IdleTimeout: 5 * time.Minute})
-		got = must[Session](t, "Create")(c.Create(ctxb, "s", newSession("u")))
+		got = testutil.Must[Session](t, "Create")(c.Create(ctxb, "s", newSession("u")))
 		if got.IdleTimeout != 5*time.Minute || !got.AbsoluteExpiresAt.Equal(got.CreatedAt.Add(time.Hour)) {
 			t.Errorf("Config defaults: %+v", got)
 		}
@@ -409,26 +378,26 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("CreateReplaces", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
-		must[Session](t, "Create")(s.Create(ctxb, "shared-id", NewSession{UserID: "alice", Roles: []string{"admin"}, DeviceInfo: []byte("a")}))
-		got := must[Session](t, "Create")(s.Create(ctxb, "shared-id", NewSession{UserID: "bob", Roles: []string{"patient"}}))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "shared-id", NewSession{UserID: "alice", Roles: []string{"admin"}, DeviceInfo: []byte("a")}))
+		got := testutil.Must[Session](t, "Create")(s.Create(ctxb, "shared-id", NewSession{UserID: "bob", Roles: []string{"patient"}}))
 		if got.UserID != "bob" || got.DeviceInfo != nil || !slices.Equal(got.Roles, []string{"patient"}) {
 			t.Fatalf("replaced session = %+v", got)
 		}
 		// Alice's index may still name the id; it is not hers any more.
-		if l := must[[]Session](t, "List")(s.List(ctxb, "alice")); len(l) != 0 {
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "alice")); len(l) != 0 {
 			t.Fatalf("List(alice) = %+v", l)
 		}
-		if n := must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "alice")); n != 0 {
+		if n := testutil.Must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "alice")); n != 0 {
 			t.Fatalf("RevokeUser(alice) revoked %d", n)
 		}
-		if n := must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "alice", []string{"x"})); n != 0 {
+		if n := testutil.Must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "alice", []string{"x"})); n != 0 {
 			t.Fatalf("SetUserRoles(alice) updated %d", n)
 		}
-		got = must[Session](t, "Get")(s.Get(ctxb, "shared-id"))
+		got = testutil.Must[Session](t, "Get")(s.Get(ctxb, "shared-id"))
 		if got.UserID != "bob" || !slices.Equal(got.Roles, []string{"patient"}) {
 			t.Fatalf("bob's session after alice's revoke and role change: %+v", got)
 		}
-		if l := must[[]Session](t, "List")(s.List(ctxb, "bob")); len(l) != 1 || l[0].ID != "shared-id" {
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "bob")); len(l) != 1 || l[0].ID != "shared-id" {
 			t.Fatalf("List(bob) = %+v", l)
 		}
 	})
@@ -437,39 +406,39 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		_, err := s.Get(ctxb, "missing")
-		wantErr(t, "Get", err, ErrNotFound)
+		testutil.WantErr(t, "Get", err, ErrNotFound)
 		_, err = s.Update(ctxb, "missing", Update{Roles: []string{"x"}})
-		wantErr(t, "Update", err, ErrNotFound)
+		testutil.WantErr(t, "Update", err, ErrNotFound)
 		_, err = s.Update(ctxb, "missing", Update{})
-		wantErr(t, "empty Update", err, ErrNotFound)
-		wantErr(t, "Touch", s.Touch(ctxb, "missing"), ErrNotFound)
+		testutil.WantErr(t, "empty Update", err, ErrNotFound)
+		testutil.WantErr(t, "Touch", s.Touch(ctxb, "missing"), ErrNotFound)
 		_, err = s.HasRole(ctxb, "missing", "x")
-		wantErr(t, "HasRole", err, ErrNotFound)
+		testutil.WantErr(t, "HasRole", err, ErrNotFound)
 		_, err = s.Rotate(ctxb, "missing", "new")
-		wantErr(t, "Rotate", err, ErrNotFound)
+		testutil.WantErr(t, "Rotate", err, ErrNotFound)
 		if err := s.Delete(ctxb, "missing"); err != nil {
 			t.Fatalf("Delete missing: %v", err)
 		}
-		if n := must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "nobody")); n != 0 {
+		if n := testutil.Must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "nobody")); n != 0 {
 			t.Fatalf("RevokeUser of nobody: %d", n)
 		}
 		// The update of a missing session created nothing.
 		_, err = s.Get(ctxb, "missing")
-		wantErr(t, "Get after Update of a missing session", err, ErrNotFound)
+		testutil.WantErr(t, "Get after Update of a missing session", err, ErrNotFound)
 
-		must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "r")))
-		if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "r")); !ok {
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "r")))
+		if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "r")); !ok {
 			t.Fatal("HasRole before Delete = false")
 		}
 		if err := s.Delete(ctxb, "s"); err != nil {
 			t.Fatal(err)
 		}
 		_, err = s.Get(ctxb, "s")
-		wantErr(t, "Get after Delete", err, ErrNotFound)
+		testutil.WantErr(t, "Get after Delete", err, ErrNotFound)
 		// Read-your-writes on this instance, cache or not.
 		_, err = s.HasRole(ctxb, "s", "r")
-		wantErr(t, "HasRole after Delete", err, ErrNotFound)
-		if l := must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 0 {
+		testutil.WantErr(t, "HasRole after Delete", err, ErrNotFound)
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 0 {
 			t.Fatalf("List after Delete = %+v", l)
 		}
 		if err := s.Delete(ctxb, "s"); err != nil {
@@ -480,7 +449,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("Update", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
-		created := must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", Roles: []string{"patient"},
+		created := testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", Roles: []string{"patient"},
 			DeviceInfo: []byte("dev-1"), Preferences: []byte("pref-1"), IdleTimeout: time.Hour}))
 		for _, tc := range []struct {
 			name string
@@ -494,8 +463,8 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 			{"clear", Update{Roles: []string{}, DeviceInfo: []byte{}}, [3]string{"", "", "p"}},
 			{"nothing", Update{}, [3]string{"", "", "p"}},
 		} {
-			got := must[Session](t, "Update "+tc.name)(s.Update(ctxb, "s", tc.u))
-			read := must[Session](t, "Get")(s.Get(ctxb, "s"))
+			got := testutil.Must[Session](t, "Update "+tc.name)(s.Update(ctxb, "s", tc.u))
+			read := testutil.Must[Session](t, "Get")(s.Get(ctxb, "s"))
 			for _, g := range []Session{got, read} {
 				if h := [3]string{strings.Join(g.Roles, ","), string(g.DeviceInfo), string(g.Preferences)}; h != tc.want {
 					t.Fatalf("after %s: %q, want %q", tc.name, h, tc.want)
@@ -508,7 +477,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 				}
 			}
 		}
-		if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); ok {
+		if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); ok {
 			t.Fatal("HasRole(patient) after roles were cleared")
 		}
 	})
@@ -516,22 +485,22 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("HasRoleReadsOwnWrites", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
-		must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
 		// Each round changes the roles and asks at once, on the same
 		// instance: its cached copy must never answer from before the
 		// write.
 		for i := range 50 {
 			role := fmt.Sprint("role-", i)
 			if i%2 == 0 {
-				must[Session](t, "Update")(s.Update(ctxb, "s", Update{Roles: []string{role}}))
+				testutil.Must[Session](t, "Update")(s.Update(ctxb, "s", Update{Roles: []string{role}}))
 			} else {
-				must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "u", []string{role}))
+				testutil.Must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "u", []string{role}))
 			}
-			if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", role)); !ok {
+			if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", role)); !ok {
 				t.Fatalf("round %d: HasRole(%s) right after this instance set it = false", i, role)
 			}
 			if i > 0 {
-				if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", fmt.Sprint("role-", i-1))); ok {
+				if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", fmt.Sprint("role-", i-1))); ok {
 					t.Fatalf("round %d: the previous role is still seen", i)
 				}
 			}
@@ -551,7 +520,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		const sessions = 34
 		id := func(i int) string { return fmt.Sprint("s", i) }
 		for i := range sessions {
-			must[Session](t, "Create")(stores[i%4].Create(ctxb, id(i), NewSession{UserID: "u", IdleTimeout: time.Hour}))
+			testutil.Must[Session](t, "Create")(stores[i%4].Create(ctxb, id(i), NewSession{UserID: "u", IdleTimeout: time.Hour}))
 		}
 		for round := 1; round <= 3; round++ {
 			want := func(i int) Update {
@@ -578,7 +547,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 				}
 			})
 			for i := range sessions {
-				got, w := must[Session](t, "Get")(stores[(i+round)%4].Get(ctxb, id(i))), want(i)
+				got, w := testutil.Must[Session](t, "Get")(stores[(i+round)%4].Get(ctxb, id(i))), want(i)
 				if !slices.Equal(got.Roles, w.Roles) || !bytes.Equal(got.DeviceInfo, w.DeviceInfo) || !bytes.Equal(got.Preferences, w.Preferences) {
 					t.Fatalf("round %d, session %d: roles %q, deviceInfo %q, preferences %q; want the round's values", round, i, got.Roles, got.DeviceInfo, got.Preferences)
 				}
@@ -593,7 +562,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		e := newEnv(t)
 		const interval = 250 * time.Millisecond
 		stores := e.instances(Config{TouchInterval: interval}, 3)
-		created := must[Session](t, "Create")(stores[0].Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: time.Hour}))
+		created := testutil.Must[Session](t, "Create")(stores[0].Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: time.Hour}))
 		writes := e.countWrites(t, "s")
 		start := time.Now()
 		var touches atomic.Int64
@@ -623,7 +592,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		if n > maxWrites {
 			t.Fatalf("%d touches in %v wrote %d times; want at most %d (one per %v)", touches.Load(), elapsed, n, maxWrites, interval)
 		}
-		got := must[Session](t, "Get")(stores[1].Get(ctxb, "s"))
+		got := testutil.Must[Session](t, "Get")(stores[1].Get(ctxb, "s"))
 		if !got.LastActivityAt.After(created.LastActivityAt) || !got.ExpiresAt.Equal(got.LastActivityAt.Add(time.Hour)) {
 			t.Fatalf("after touches: activity %v (created %v), expiry %v", got.LastActivityAt, created.LastActivityAt, got.ExpiresAt)
 		}
@@ -635,15 +604,15 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		s := newEnv(t).store(Config{})
 		const idle = time.Second
 		start := time.Now()
-		must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: idle}))
-		must[Session](t, "Create")(s.Create(ctxb, "idle", NewSession{UserID: "u", IdleTimeout: idle}))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: idle}))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "idle", NewSession{UserID: "u", IdleTimeout: idle}))
 		// A touch after half the idle timeout writes (the effective
 		// interval is at most idle/2, whatever TouchInterval says).
 		time.Sleep(idle*6/10 - time.Since(start)) // waiting is the semantics under test
 		if err := s.Touch(ctxb, "s"); err != nil {
 			t.Fatal(err)
 		}
-		got := must[Session](t, "Get")(s.Get(ctxb, "s"))
+		got := testutil.Must[Session](t, "Get")(s.Get(ctxb, "s"))
 		if got.LastActivityAt.Sub(got.CreatedAt) < idle/2 {
 			t.Fatalf("the touch after %v did not write: %+v", idle*6/10, got)
 		}
@@ -652,11 +621,11 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 			t.Fatalf("touched session past its first idle expiry: %v", err)
 		}
 		_, err := s.Get(ctxb, "idle")
-		wantErr(t, "untouched session past its idle timeout", err, ErrNotFound)
+		testutil.WantErr(t, "untouched session past its idle timeout", err, ErrNotFound)
 		time.Sleep(idle*2 - time.Since(start))
 		_, err = s.Get(ctxb, "s")
-		wantErr(t, "touched session past its extended idle timeout", err, ErrNotFound)
-		if l := must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 0 {
+		testutil.WantErr(t, "touched session past its extended idle timeout", err, ErrNotFound)
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 0 {
 			t.Fatalf("List after expiry = %+v", l)
 		}
 	})
@@ -666,20 +635,20 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		s := newEnv(t).store(Config{TouchInterval: time.Millisecond})
 		const ttl = 800 * time.Millisecond
 		start := time.Now()
-		must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", TTL: ttl, IdleTimeout: time.Hour}))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", TTL: ttl, IdleTimeout: time.Hour}))
 		time.Sleep(ttl/2 - time.Since(start)) // waiting is the semantics under test
-		must[Session](t, "Update")(s.Update(ctxb, "s", Update{Roles: []string{"x"}}))
+		testutil.Must[Session](t, "Update")(s.Update(ctxb, "s", Update{Roles: []string{"x"}}))
 		if err := s.Touch(ctxb, "s"); err != nil {
 			t.Fatal(err)
 		}
-		got := must[Session](t, "Get")(s.Get(ctxb, "s"))
+		got := testutil.Must[Session](t, "Get")(s.Get(ctxb, "s"))
 		if !got.ExpiresAt.Equal(got.AbsoluteExpiresAt) {
 			t.Fatalf("activity moved the absolute expiry: %+v", got)
 		}
 		time.Sleep(ttl + 300*time.Millisecond - time.Since(start))
 		_, err := s.Get(ctxb, "s")
-		wantErr(t, "Get past the absolute expiry despite activity", err, ErrNotFound)
-		wantErr(t, "Touch past the absolute expiry", s.Touch(ctxb, "s"), ErrNotFound)
+		testutil.WantErr(t, "Get past the absolute expiry despite activity", err, ErrNotFound)
+		testutil.WantErr(t, "Touch past the absolute expiry", s.Touch(ctxb, "s"), ErrNotFound)
 	})
 
 	t.Run("RevokeUser", func(t *testing.T) {
@@ -690,35 +659,35 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		stores := e.instances(Config{}, 3)
 		ids := []string{"a", "b", "c", "d", "e", "f"}
 		for i, id := range ids {
-			must[Session](t, "Create")(stores[i%3].Create(ctxb, id, newSession("user-1", "patient")))
+			testutil.Must[Session](t, "Create")(stores[i%3].Create(ctxb, id, newSession("user-1", "patient")))
 		}
-		must[Session](t, "Create")(stores[0].Create(ctxb, "other", newSession("user-2", "patient")))
+		testutil.Must[Session](t, "Create")(stores[0].Create(ctxb, "other", newSession("user-2", "patient")))
 		// Every instance has read (and cached) the sessions.
 		for _, s := range stores {
 			for _, id := range ids {
-				if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, id, "patient")); !ok {
+				if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, id, "patient")); !ok {
 					t.Fatal("HasRole = false")
 				}
 			}
 		}
-		if l := must[[]Session](t, "List")(stores[1].List(ctxb, "user-1")); len(l) != len(ids) {
+		if l := testutil.Must[[]Session](t, "List")(stores[1].List(ctxb, "user-1")); len(l) != len(ids) {
 			t.Fatalf("List = %d sessions, want %d", len(l), len(ids))
 		}
-		if n := must[int](t, "RevokeUser")(stores[2].RevokeUser(ctxb, "user-1")); n != len(ids) {
+		if n := testutil.Must[int](t, "RevokeUser")(stores[2].RevokeUser(ctxb, "user-1")); n != len(ids) {
 			t.Fatalf("RevokeUser revoked %d, want %d", n, len(ids))
 		}
 		// The revoking instance's own cached copies are not used.
 		for _, id := range ids {
 			_, err := stores[2].HasRole(ctxb, id, "patient")
-			wantErr(t, "HasRole on the revoking instance", err, ErrNotFound)
+			testutil.WantErr(t, "HasRole on the revoking instance", err, ErrNotFound)
 		}
 		for i, s := range stores {
 			for _, id := range ids {
 				_, err := s.Get(ctxb, id)
-				wantErr(t, fmt.Sprintf("instance %d: Get(%s) right after RevokeUser", i, id), err, ErrNotFound)
-				wantErr(t, "Touch", s.Touch(ctxb, id), ErrNotFound)
+				testutil.WantErr(t, fmt.Sprintf("instance %d: Get(%s) right after RevokeUser", i, id), err, ErrNotFound)
+				testutil.WantErr(t, "Touch", s.Touch(ctxb, id), ErrNotFound)
 			}
-			if l := must[[]Session](t, "List")(s.List(ctxb, "user-1")); len(l) != 0 {
+			if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "user-1")); len(l) != 0 {
 				t.Fatalf("List after RevokeUser = %+v", l)
 			}
 		}
@@ -746,15 +715,15 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		t.Logf("HasRole of a revoked session: not found on every instance after at most %v", worst)
 		// The other user is untouched; a second revoke finds nothing.
-		if ok := must[bool](t, "HasRole")(stores[1].HasRole(ctxb, "other", "patient")); !ok {
+		if ok := testutil.Must[bool](t, "HasRole")(stores[1].HasRole(ctxb, "other", "patient")); !ok {
 			t.Fatal("other user's session lost its role")
 		}
-		if n := must[int](t, "RevokeUser again")(stores[0].RevokeUser(ctxb, "user-1")); n != 0 {
+		if n := testutil.Must[int](t, "RevokeUser again")(stores[0].RevokeUser(ctxb, "user-1")); n != 0 {
 			t.Fatalf("second RevokeUser revoked %d", n)
 		}
 		// New sessions of the user work again.
-		must[Session](t, "Create")(stores[0].Create(ctxb, "g", newSession("user-1")))
-		if l := must[[]Session](t, "List")(stores[1].List(ctxb, "user-1")); len(l) != 1 || l[0].ID != "g" {
+		testutil.Must[Session](t, "Create")(stores[0].Create(ctxb, "g", newSession("user-1")))
+		if l := testutil.Must[[]Session](t, "List")(stores[1].List(ctxb, "user-1")); len(l) != 1 || l[0].ID != "g" {
 			t.Fatalf("List after a new login = %+v", l)
 		}
 	})
@@ -767,26 +736,26 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		ids := []string{"web", "mobile", "tablet"}
 		before := map[string]Session{}
 		for i, id := range ids {
-			before[id] = must[Session](t, "Create")(stores[i].Create(ctxb, id, newSession("dr-7", "patient")))
+			before[id] = testutil.Must[Session](t, "Create")(stores[i].Create(ctxb, id, newSession("dr-7", "patient")))
 		}
-		must[Session](t, "Create")(stores[0].Create(ctxb, "someone-else", newSession("dr-8", "patient")))
+		testutil.Must[Session](t, "Create")(stores[0].Create(ctxb, "someone-else", newSession("dr-8", "patient")))
 		// Warm every instance's cache: none has the expert role.
 		for _, s := range stores {
 			for _, id := range ids {
 				for range 3 {
-					if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, id, "expert")); ok {
+					if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, id, "expert")); ok {
 						t.Fatal("expert before the change")
 					}
 				}
 			}
 		}
-		if n := must[int](t, "SetUserRoles")(stores[0].SetUserRoles(ctxb, "dr-7", []string{"patient", "expert"})); n != len(ids) {
+		if n := testutil.Must[int](t, "SetUserRoles")(stores[0].SetUserRoles(ctxb, "dr-7", []string{"patient", "expert"})); n != len(ids) {
 			t.Fatalf("SetUserRoles updated %d, want %d", n, len(ids))
 		}
 		// The changing instance sees it at once; the others when Redis's
 		// invalidation reaches their cache (at once on memory).
 		for _, id := range ids {
-			if ok := must[bool](t, "HasRole")(stores[0].HasRole(ctxb, id, "expert")); !ok {
+			if ok := testutil.Must[bool](t, "HasRole")(stores[0].HasRole(ctxb, id, "expert")); !ok {
 				t.Fatalf("%s: the instance that changed the roles does not see the change", id)
 			}
 		}
@@ -815,7 +784,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		t.Logf("role change seen by HasRole on all 4 instances after at most %v", worst)
 		for _, id := range ids {
-			got := must[Session](t, "Get")(stores[3].Get(ctxb, id))
+			got := testutil.Must[Session](t, "Get")(stores[3].Get(ctxb, id))
 			if !slices.Equal(got.Roles, []string{"patient", "expert"}) {
 				t.Fatalf("%s roles %q", id, got.Roles)
 			}
@@ -824,7 +793,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 				t.Fatalf("%s: role change moved activity/expiry: %+v, was %+v", id, got, before[id])
 			}
 		}
-		if ok := must[bool](t, "HasRole")(stores[2].HasRole(ctxb, "someone-else", "expert")); ok {
+		if ok := testutil.Must[bool](t, "HasRole")(stores[2].HasRole(ctxb, "someone-else", "expert")); ok {
 			t.Fatal("another user's session got the role")
 		}
 	})
@@ -834,10 +803,10 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		e := newEnv(t)
 		stores := e.instances(Config{}, 2)
 		s := stores[0]
-		old := must[Session](t, "Create")(s.Create(ctxb, "pre-login", NewSession{UserID: "u", Roles: []string{"patient"},
+		old := testutil.Must[Session](t, "Create")(s.Create(ctxb, "pre-login", NewSession{UserID: "u", Roles: []string{"patient"},
 			DeviceInfo: []byte("dev"), Preferences: []byte("pref"), TTL: time.Hour, IdleTimeout: 20 * time.Minute}))
-		must[bool](t, "HasRole")(stores[1].HasRole(ctxb, "pre-login", "patient"))
-		got := must[Session](t, "Rotate")(s.Rotate(ctxb, "pre-login", "post-login"))
+		testutil.Must[bool](t, "HasRole")(stores[1].HasRole(ctxb, "pre-login", "patient"))
+		got := testutil.Must[Session](t, "Rotate")(s.Rotate(ctxb, "pre-login", "post-login"))
 		if got.ID != "post-login" || got.UserID != "u" || !slices.Equal(got.Roles, old.Roles) || string(got.DeviceInfo) != "dev" ||
 			string(got.Preferences) != "pref" || !got.CreatedAt.Equal(old.CreatedAt) || !got.AbsoluteExpiresAt.Equal(old.AbsoluteExpiresAt) ||
 			got.IdleTimeout != old.IdleTimeout || got.LastActivityAt.Before(old.LastActivityAt) {
@@ -845,49 +814,49 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		for i, st := range stores {
 			_, err := st.Get(ctxb, "pre-login")
-			wantErr(t, fmt.Sprintf("instance %d: Get of the old id", i), err, ErrNotFound)
-			if read := must[Session](t, "Get new")(st.Get(ctxb, "post-login")); fmt.Sprint(read) != fmt.Sprint(got) {
+			testutil.WantErr(t, fmt.Sprintf("instance %d: Get of the old id", i), err, ErrNotFound)
+			if read := testutil.Must[Session](t, "Get new")(st.Get(ctxb, "post-login")); fmt.Sprint(read) != fmt.Sprint(got) {
 				t.Fatalf("Get new = %+v, Rotate returned %+v", read, got)
 			}
 		}
-		if l := must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 1 || l[0].ID != "post-login" {
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u")); len(l) != 1 || l[0].ID != "post-login" {
 			t.Fatalf("List after Rotate = %+v", l)
 		}
 		// The index follows: revoking the user revokes the new id.
-		must[Session](t, "Create")(s.Create(ctxb, "taken", newSession("v")))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "taken", newSession("v")))
 		_, err := s.Rotate(ctxb, "post-login", "taken")
-		wantErr(t, "Rotate onto another live session", err, ErrExists)
-		if read := must[Session](t, "Get")(s.Get(ctxb, "taken")); read.UserID != "v" {
+		testutil.WantErr(t, "Rotate onto another live session", err, ErrExists)
+		if read := testutil.Must[Session](t, "Get")(s.Get(ctxb, "taken")); read.UserID != "v" {
 			t.Fatalf("the taken id was changed: %+v", read)
 		}
 		if _, err := s.Get(ctxb, "post-login"); err != nil {
 			t.Fatalf("a refused Rotate lost the session: %v", err)
 		}
 		_, err = s.Rotate(ctxb, "post-login", "post-login")
-		wantErr(t, "Rotate onto itself", err, ErrInvalidArgument)
-		if n := must[int](t, "RevokeUser")(stores[1].RevokeUser(ctxb, "u")); n != 1 {
+		testutil.WantErr(t, "Rotate onto itself", err, ErrInvalidArgument)
+		if n := testutil.Must[int](t, "RevokeUser")(stores[1].RevokeUser(ctxb, "u")); n != 1 {
 			t.Fatalf("RevokeUser after Rotate revoked %d, want 1", n)
 		}
 		_, err = s.Get(ctxb, "post-login")
-		wantErr(t, "Get of the rotated session after RevokeUser", err, ErrNotFound)
+		testutil.WantErr(t, "Get of the rotated session after RevokeUser", err, ErrNotFound)
 	})
 
 	t.Run("List", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		for _, id := range []string{"first", "second", "third"} {
-			must[Session](t, "Create")(s.Create(ctxb, id, NewSession{UserID: "u", DeviceInfo: []byte(id)}))
+			testutil.Must[Session](t, "Create")(s.Create(ctxb, id, NewSession{UserID: "u", DeviceInfo: []byte(id)}))
 			time.Sleep(2 * time.Millisecond) // distinct creation times, for the order
 		}
-		must[Session](t, "Create")(s.Create(ctxb, "x", newSession("someone-else")))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "x", newSession("someone-else")))
 		if err := s.Delete(ctxb, "second"); err != nil {
 			t.Fatal(err)
 		}
-		l := must[[]Session](t, "List")(s.List(ctxb, "u"))
+		l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u"))
 		if len(l) != 2 || l[0].ID != "first" || l[1].ID != "third" || string(l[1].DeviceInfo) != "third" {
 			t.Fatalf("List = %+v", l)
 		}
-		if l := must[[]Session](t, "List")(s.List(ctxb, "nobody")); len(l) != 0 {
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "nobody")); len(l) != 0 {
 			t.Fatalf("List(nobody) = %+v", l)
 		}
 	})
@@ -950,7 +919,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		// The limits themselves are accepted.
 		roles := tooManyRoles[:MaxRoles]
 		roles[0] = long(MaxRoleLen)
-		must[Session](t, "Create at the limits")(s.Create(ctxb, long(MaxIDLen), NewSession{UserID: long(MaxUserIDLen), Roles: roles,
+		testutil.Must[Session](t, "Create at the limits")(s.Create(ctxb, long(MaxIDLen), NewSession{UserID: long(MaxUserIDLen), Roles: roles,
 			DeviceInfo: big[:MaxFieldSize], Preferences: big[:MaxFieldSize], TTL: MaxTTL, IdleTimeout: MinTTL * 1000}))
 	})
 
@@ -959,18 +928,18 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		s := newEnv(t).store(Config{})
 		ids := []string{"a:b", "a%3Ab", "{x}", "x", "*", "?", "[a-z]", "user@example.com", "ü", "日本語", " ", "a b", "c\r\nd", "\x00"}
 		for i, id := range ids {
-			must[Session](t, "Create")(s.Create(ctxb, id, NewSession{UserID: "u:" + id, Roles: []string{fmt.Sprint(i)}}))
+			testutil.Must[Session](t, "Create")(s.Create(ctxb, id, NewSession{UserID: "u:" + id, Roles: []string{fmt.Sprint(i)}}))
 		}
 		for i, id := range ids {
-			got := must[Session](t, fmt.Sprintf("Get(%q)", id))(s.Get(ctxb, id))
+			got := testutil.Must[Session](t, fmt.Sprintf("Get(%q)", id))(s.Get(ctxb, id))
 			if got.ID != id || got.UserID != "u:"+id || got.Roles[0] != fmt.Sprint(i) {
 				t.Errorf("Get(%q) = %+v", id, got)
 			}
-			if l := must[[]Session](t, "List")(s.List(ctxb, "u:"+id)); len(l) != 1 || l[0].ID != id {
+			if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u:"+id)); len(l) != 1 || l[0].ID != id {
 				t.Errorf("List(%q) = %+v", "u:"+id, l)
 			}
 		}
-		if n := must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "u:{x}")); n != 1 {
+		if n := testutil.Must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "u:{x}")); n != 1 {
 			t.Fatalf("RevokeUser = %d", n)
 		}
 		if _, err := s.Get(ctxb, "x"); err != nil {
@@ -981,48 +950,48 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("Encryption", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		k1, k2 := keyEntry("k1", 1), keyEntry("k2", 2)
-		old := e.store(Config{Keyring: testKeyring(t, k1)})
+		k1, k2 := testutil.KeyEntry("k1", 1), testutil.KeyEntry("k2", 2)
+		old := e.store(Config{Keyring: testutil.Keyring(t, k1)})
 		const secret = "jane has diabetes"
-		must[Session](t, "Create")(old.Create(ctxb, "s", NewSession{UserID: "u", Roles: []string{"patient"},
+		testutil.Must[Session](t, "Create")(old.Create(ctxb, "s", NewSession{UserID: "u", Roles: []string{"patient"},
 			DeviceInfo: []byte(secret + " (device)"), Preferences: []byte(secret + " (prefs)")}))
 		if dump := e.dump(); bytes.Contains(dump, []byte("diabetes")) {
 			t.Fatalf("stored data holds a plaintext: %q", dump)
 		}
-		got := must[Session](t, "Get")(old.Get(ctxb, "s"))
+		got := testutil.Must[Session](t, "Get")(old.Get(ctxb, "s"))
 		if string(got.DeviceInfo) != secret+" (device)" || string(got.Preferences) != secret+" (prefs)" {
 			t.Fatalf("Get = %+v", got)
 		}
 
 		// Key rotation: the new keyring seals with k2 and still opens k1.
-		rotated := e.store(Config{Keyring: testKeyring(t, k2, k1)})
-		got = must[Session](t, "Get after key rotation")(rotated.Get(ctxb, "s"))
+		rotated := e.store(Config{Keyring: testutil.Keyring(t, k2, k1)})
+		got = testutil.Must[Session](t, "Get after key rotation")(rotated.Get(ctxb, "s"))
 		if string(got.DeviceInfo) != secret+" (device)" {
 			t.Fatalf("Get after key rotation = %+v", got)
 		}
 		// Update re-seals what it writes under k2; the untouched field
 		// stays under k1 and still opens.
-		must[Session](t, "Update")(rotated.Update(ctxb, "s", Update{DeviceInfo: []byte("new device")}))
-		got = must[Session](t, "Get")(rotated.Get(ctxb, "s"))
+		testutil.Must[Session](t, "Update")(rotated.Update(ctxb, "s", Update{DeviceInfo: []byte("new device")}))
+		got = testutil.Must[Session](t, "Get")(rotated.Get(ctxb, "s"))
 		if string(got.DeviceInfo) != "new device" || string(got.Preferences) != secret+" (prefs)" {
 			t.Fatalf("after Update under k2: %+v", got)
 		}
 		_, err := old.Get(ctxb, "s")
-		wantErr(t, "Get of a k2 value with only k1", err, seal.ErrUnknownKey)
-		wantErr(t, "Get of a k2 value with only k1", err, ErrUnreadable)
+		testutil.WantErr(t, "Get of a k2 value with only k1", err, seal.ErrUnknownKey)
+		testutil.WantErr(t, "Get of a k2 value with only k1", err, ErrUnreadable)
 		// HasRole needs no decryption.
-		if ok := must[bool](t, "HasRole")(old.HasRole(ctxb, "s", "patient")); !ok {
+		if ok := testutil.Must[bool](t, "HasRole")(old.HasRole(ctxb, "s", "patient")); !ok {
 			t.Fatal("HasRole = false")
 		}
 
 		// Rotate re-seals both values for the new id under the current key.
-		must[Session](t, "Rotate")(rotated.Rotate(ctxb, "s", "s2"))
-		got = must[Session](t, "Get rotated")(rotated.Get(ctxb, "s2"))
+		testutil.Must[Session](t, "Rotate")(rotated.Rotate(ctxb, "s", "s2"))
+		got = testutil.Must[Session](t, "Get rotated")(rotated.Get(ctxb, "s2"))
 		if string(got.DeviceInfo) != "new device" || string(got.Preferences) != secret+" (prefs)" {
 			t.Fatalf("after Rotate: %+v", got)
 		}
-		only2 := e.store(Config{Keyring: testKeyring(t, k2)})
-		if got := must[Session](t, "Get with k2 only")(only2.Get(ctxb, "s2")); string(got.Preferences) != secret+" (prefs)" {
+		only2 := e.store(Config{Keyring: testutil.Keyring(t, k2)})
+		if got := testutil.Must[Session](t, "Get with k2 only")(only2.Get(ctxb, "s2")); string(got.Preferences) != secret+" (prefs)" {
 			t.Fatalf("Rotate did not re-seal under k2: %+v", got)
 		}
 		if bytes.Contains(e.dump(), []byte("diabetes")) {
@@ -1031,12 +1000,12 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 
 		// A keyring store cannot read a session written without encryption.
 		plain := e.store(Config{})
-		must[Session](t, "Create")(plain.Create(ctxb, "plain", NewSession{UserID: "u", DeviceInfo: []byte("plain device")}))
+		testutil.Must[Session](t, "Create")(plain.Create(ctxb, "plain", NewSession{UserID: "u", DeviceInfo: []byte("plain device")}))
 		_, err = rotated.Get(ctxb, "plain")
-		wantErr(t, "Get of a plain value with a keyring", err, seal.ErrCorrupt)
-		wantErr(t, "Get of a plain value with a keyring", err, ErrUnreadable)
+		testutil.WantErr(t, "Get of a plain value with a keyring", err, seal.ErrCorrupt)
+		testutil.WantErr(t, "Get of a plain value with a keyring", err, ErrUnreadable)
 		_, err = rotated.List(ctxb, "u")
-		wantErr(t, "List holding a plain value with a keyring", err, ErrUnreadable)
+		testutil.WantErr(t, "List holding a plain value with a keyring", err, ErrUnreadable)
 		if !bytes.Contains(e.dump(), []byte("plain device")) {
 			t.Fatalf("the dump does not show an unencrypted value: the secrecy checks above prove nothing")
 		}
@@ -1046,16 +1015,16 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		e := newEnv(t)
 		s := e.store(Config{KeyHashSecret: []byte("secret")})
-		must[Session](t, "Create")(s.Create(ctxb, "session-token-abc", newSession("jane.doe@example.com", "patient")))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, "session-token-abc", newSession("jane.doe@example.com", "patient")))
 		for _, k := range e.keyNames() {
 			if strings.Contains(k, "jane") || strings.Contains(k, "session-token") {
 				t.Fatalf("key name %q holds an identifier", k)
 			}
 		}
-		if l := must[[]Session](t, "List")(s.List(ctxb, "jane.doe@example.com")); len(l) != 1 || l[0].ID != "session-token-abc" {
+		if l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "jane.doe@example.com")); len(l) != 1 || l[0].ID != "session-token-abc" {
 			t.Fatalf("List = %+v", l)
 		}
-		if n := must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "jane.doe@example.com")); n != 1 {
+		if n := testutil.Must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "jane.doe@example.com")); n != 1 {
 			t.Fatalf("RevokeUser = %d", n)
 		}
 	})
@@ -1064,17 +1033,17 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		for _, id := range []string{"a", "b", "c"} {
-			must[Session](t, "Create")(s.Create(ctxb, id, newSession("u", "r")))
+			testutil.Must[Session](t, "Create")(s.Create(ctxb, id, newSession("u", "r")))
 		}
 		cancelled, cancel := context.WithCancel(ctxb)
 		cancel()
 		// Reads and activity give up: the caller is gone.
 		_, err := s.Get(cancelled, "a")
-		wantErr(t, "Get", err, context.Canceled)
+		testutil.WantErr(t, "Get", err, context.Canceled)
 		if errors.Is(err, ErrBackend) {
 			t.Fatalf("a cancelled Get blamed the backend: %v", err)
 		}
-		wantErr(t, "Touch", s.Touch(cancelled, "a"), context.Canceled)
+		testutil.WantErr(t, "Touch", s.Touch(cancelled, "a"), context.Canceled)
 		// Logout, revocation and role changes still happen.
 		if err := s.Delete(cancelled, "a"); err != nil {
 			t.Fatalf("Delete with a cancelled ctx: %v", err)
@@ -1090,7 +1059,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		for _, id := range []string{"a", "b", "b2", "c"} {
 			_, err := s.Get(ctxb, id)
-			wantErr(t, "Get "+id, err, ErrNotFound)
+			testutil.WantErr(t, "Get "+id, err, ErrNotFound)
 		}
 	})
 }

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/clock"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 var t0 = time.Unix(1_700_000_000, 0)
@@ -39,7 +40,7 @@ func TestMemoryExpiryIsExact(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, _, clk := newFakeMemory(Config{TouchInterval: time.Millisecond})
-			got := must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", TTL: tc.ttl, IdleTimeout: tc.idle}))
+			got := testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", TTL: tc.ttl, IdleTimeout: tc.idle}))
 			if !got.CreatedAt.Equal(t0) || !got.AbsoluteExpiresAt.Equal(t0.Add(tc.ttl)) || !got.ExpiresAt.Equal(t0.Add(min(tc.ttl, tc.idle))) {
 				t.Fatalf("Create = %+v", got)
 			}
@@ -50,13 +51,13 @@ func TestMemoryExpiryIsExact(t *testing.T) {
 				}
 			}
 			clk.Set(t0.Add(tc.lastLive))
-			got = must[Session](t, "Get at the last live millisecond")(s.Get(ctxb, "s"))
+			got = testutil.Must[Session](t, "Get at the last live millisecond")(s.Get(ctxb, "s"))
 			if !got.ExpiresAt.Equal(t0.Add(tc.lastLive + time.Millisecond)) {
 				t.Fatalf("ExpiresAt = %v, want %v", got.ExpiresAt, t0.Add(tc.lastLive+time.Millisecond))
 			}
 			clk.Advance(time.Millisecond)
 			_, err := s.Get(ctxb, "s")
-			wantErr(t, "Get at the expiry", err, ErrNotFound)
+			testutil.WantErr(t, "Get at the expiry", err, ErrNotFound)
 		})
 	}
 }
@@ -77,7 +78,7 @@ func TestMemoryTouchThrottle(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			s, b, clk := newFakeMemory(Config{TouchInterval: tc.interval})
-			must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: tc.idle}))
+			testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", NewSession{UserID: "u", IdleTimeout: tc.idle}))
 			writes := 0
 			b.onWrite = func(string) { writes++ }
 			clk.Set(t0.Add(tc.every - time.Millisecond))
@@ -91,7 +92,7 @@ func TestMemoryTouchThrottle(t *testing.T) {
 			if err := s.Touch(ctxb, "s"); err != nil {
 				t.Fatal(err)
 			}
-			got := must[Session](t, "Get")(s.Get(ctxb, "s"))
+			got := testutil.Must[Session](t, "Get")(s.Get(ctxb, "s"))
 			if writes != 1 || !got.LastActivityAt.Equal(t0.Add(tc.every)) {
 				t.Fatalf("a touch %v after the last activity: %d writes, activity %v", tc.every, writes, got.LastActivityAt)
 			}
@@ -105,7 +106,7 @@ func TestMemorySweep(t *testing.T) {
 	s, b, clk := newFakeMemory(Config{})
 	for round := range 20 {
 		for i := range 100 {
-			must[Session](t, "Create")(s.Create(ctxb, fmt.Sprint(round, "-", i), NewSession{UserID: fmt.Sprint("u", i), IdleTimeout: time.Second}))
+			testutil.Must[Session](t, "Create")(s.Create(ctxb, fmt.Sprint(round, "-", i), NewSession{UserID: fmt.Sprint("u", i), IdleTimeout: time.Second}))
 		}
 		clk.Advance(2 * time.Second)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // redisStore is NewRedis with test defaults, and its backend for hooks.
@@ -38,11 +39,11 @@ func TestRedisKeyLayout(t *testing.T) {
 	client := redistest.Client(t, redistest.ClusterURL(t))
 	prefix := redistest.Prefix(t)
 	s, _ := redisStore(t, client, Config{Prefix: prefix})
-	must[Session](t, "Create")(s.Create(ctxb, "sess:{a}*", NewSession{UserID: "user@example.com", TTL: 2 * time.Hour}))
-	must[Session](t, "Create")(s.Create(ctxb, "short", NewSession{UserID: "user@example.com", TTL: time.Hour}))
-	must[Session](t, "Create")(s.Create(ctxb, "rot-old", newSession("u2")))
-	must[Session](t, "Rotate")(s.Rotate(ctxb, "rot-old", "rot-new"))
-	must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "u2", []string{"r"}))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "sess:{a}*", NewSession{UserID: "user@example.com", TTL: 2 * time.Hour}))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "short", NewSession{UserID: "user@example.com", TTL: time.Hour}))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "rot-old", newSession("u2")))
+	testutil.Must[Session](t, "Rotate")(s.Rotate(ctxb, "rot-old", "rot-new"))
+	testutil.Must[int](t, "SetUserRoles")(s.SetUserRoles(ctxb, "u2", []string{"r"}))
 
 	want := map[string]string{
 		prefix + "sess:{sess%3A%7Ba%7D%2A}":     "hash",
@@ -107,10 +108,10 @@ func TestRedisHasRoleIsServedLocally(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			s, _ := redisStore(t, redistest.Client(t, tc.url), Config{Prefix: prefix, Registerer: reg})
 			id, user := "s-"+tc.name, "u-"+tc.name
-			must[Session](t, "Create")(other.Create(ctxb, id, newSession(user, "patient")))
+			testutil.Must[Session](t, "Create")(other.Create(ctxb, id, newSession(user, "patient")))
 			before := commandCalls(t, admin, "hmget")
 			for range 100 {
-				if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, id, "patient")); !ok {
+				if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, id, "patient")); !ok {
 					t.Fatal("HasRole = false")
 				}
 			}
@@ -120,7 +121,7 @@ func TestRedisHasRoleIsServedLocally(t *testing.T) {
 				t.Fatalf("100 HasRole: %d HMGETs reached Redis, %v cache hits", hmgets, hits)
 			}
 			// Coherent either way: another instance's change is seen.
-			must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, user, []string{"expert"}))
+			testutil.Must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, user, []string{"expert"}))
 			d, calls := eventually(t, "role change", func() (bool, error) { return s.HasRole(ctxb, id, "expert") })
 			if !tc.cached && calls != 1 {
 				t.Fatalf("without a cache the change was seen after %d calls", calls)
@@ -180,8 +181,8 @@ func TestRedisTouchAvoidsRoundTrips(t *testing.T) {
 	// The session is created by another instance (this one's copy cannot
 	// predate its own write) and this one has learned Redis's time.
 	other, _ := redisStore(t, redistest.Client(t, srv.URL()), Config{Prefix: prefix})
-	must[Session](t, "Create")(s.Create(ctxb, "clock", newSession("u")))
-	must[Session](t, "Create")(other.Create(ctxb, "s", newSession("u")))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "clock", newSession("u")))
+	testutil.Must[Session](t, "Create")(other.Create(ctxb, "s", newSession("u")))
 	if err := admin.Do(ctxb, admin.B().ConfigResetstat().Build()).Error(); err != nil {
 		t.Fatal(err)
 	}
@@ -223,15 +224,15 @@ func TestRedisCreateCrashAndRaces(t *testing.T) {
 			}
 		}
 	}
-	must[Session](t, "Create")(s.Create(ctxb, "a", newSession("u", "patient")))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "a", newSession("u", "patient")))
 	b.hook = nil
-	if n := must[int](t, "RevokeUser")(other.RevokeUser(ctxb, "u")); n != 1 {
+	if n := testutil.Must[int](t, "RevokeUser")(other.RevokeUser(ctxb, "u")); n != 1 {
 		t.Fatalf("RevokeUser after the interleaved Create revoked %d, want 1", n)
 	}
 
 	// SetUserRoles between the steps: the new session gets the new roles
 	// (through the pending-roles marker), not the ones Create was given.
-	must[Session](t, "Create")(s.Create(ctxb, "live", newSession("u", "patient")))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "live", newSession("u", "patient")))
 	b.hook = func(step string) {
 		if step == "create:indexed" {
 			if n, err := other.SetUserRoles(ctxb, "u", []string{"patient", "expert"}); err != nil || n != 1 {
@@ -239,24 +240,24 @@ func TestRedisCreateCrashAndRaces(t *testing.T) {
 			}
 		}
 	}
-	got := must[Session](t, "Create")(s.Create(ctxb, "b", newSession("u", "patient")))
+	got := testutil.Must[Session](t, "Create")(s.Create(ctxb, "b", newSession("u", "patient")))
 	b.hook = nil
 	if !slices.Equal(got.Roles, []string{"patient", "expert"}) {
 		t.Fatalf("Create overlapping SetUserRoles stored roles %q", got.Roles)
 	}
 	// The marker is not a session: a Get of an id that only has one is
 	// not found, and creating another user's session there ignores it.
-	must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"patient", "expert"}))
+	testutil.Must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"patient", "expert"}))
 	b.hook = func(step string) {
 		if step == "create:indexed" {
-			must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"admin"}))
+			testutil.Must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"admin"}))
 			_, err := other.Get(ctxb, "c")
-			wantErr(t, "Get of a marker", err, ErrNotFound)
+			testutil.WantErr(t, "Get of a marker", err, ErrNotFound)
 			_, err = other.HasRole(ctxb, "c", "admin")
-			wantErr(t, "HasRole of a marker", err, ErrNotFound)
+			testutil.WantErr(t, "HasRole of a marker", err, ErrNotFound)
 		}
 	}
-	got = must[Session](t, "Create")(s.Create(ctxb, "c", newSession("u", "patient")))
+	got = testutil.Must[Session](t, "Create")(s.Create(ctxb, "c", newSession("u", "patient")))
 	b.hook = nil
 	if !slices.Equal(got.Roles, []string{"admin"}) {
 		t.Fatalf("roles %q", got.Roles)
@@ -267,11 +268,11 @@ func TestRedisCreateCrashAndRaces(t *testing.T) {
 	if err := scriptIndexAdd.exec(ctxb, b.client, []string{b.n.user("u")}, []string{b.n.member("crashed"), "rel", "60000", "0"}).Error(); err != nil {
 		t.Fatal(err)
 	}
-	l := must[[]Session](t, "List")(s.List(ctxb, "u"))
+	l := testutil.Must[[]Session](t, "List")(s.List(ctxb, "u"))
 	if len(l) != 3 {
 		t.Fatalf("List with a dangling entry = %d sessions, want 3", len(l))
 	}
-	if n := must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "u")); n != 3 {
+	if n := testutil.Must[int](t, "RevokeUser")(s.RevokeUser(ctxb, "u")); n != 3 {
 		t.Fatalf("RevokeUser = %d, want 3", n)
 	}
 }
@@ -295,10 +296,10 @@ func TestRedisRotateRaces(t *testing.T) {
 		wantRoles []string
 	}{
 		{"update of the old session is carried over", func(t *testing.T, oldID string) {
-			must[Session](t, "Update")(other.Update(ctxb, oldID, Update{Roles: []string{"updated"}}))
+			testutil.Must[Session](t, "Update")(other.Update(ctxb, oldID, Update{Roles: []string{"updated"}}))
 		}, 1, nil, []string{"updated"}},
 		{"role change of the user is carried over", func(t *testing.T, oldID string) {
-			must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"demoted"}))
+			testutil.Must[int](t, "SetUserRoles")(other.SetUserRoles(ctxb, "u", []string{"demoted"}))
 		}, 1, nil, []string{"demoted"}},
 		{"a touch does not disturb it", func(t *testing.T, oldID string) {
 			if err := other.Touch(ctxb, oldID); err != nil {
@@ -316,15 +317,15 @@ func TestRedisRotateRaces(t *testing.T) {
 			}
 		}, 1, ErrNotFound, nil},
 		{"the old id taken by a new session removes the copy and keeps the new one", func(t *testing.T, oldID string) {
-			must[Session](t, "Create")(other.Create(ctxb, oldID, newSession("v", "other")))
+			testutil.Must[Session](t, "Create")(other.Create(ctxb, oldID, newSession("v", "other")))
 		}, 1, ErrNotFound, nil},
 		{"endless updates give up", func(t *testing.T, oldID string) {
-			must[Session](t, "Update")(other.Update(ctxb, oldID, Update{Preferences: []byte(time.Now().String())}))
+			testutil.Must[Session](t, "Update")(other.Update(ctxb, oldID, Update{Preferences: []byte(time.Now().String())}))
 		}, maxRotateAttempts, ErrConflict, nil},
 	}
 	for i, tc := range tests {
 		oldID, newID := fmt.Sprint("old-", i), fmt.Sprint("new-", i)
-		must[Session](t, "Create")(s.Create(ctxb, oldID, NewSession{UserID: "u", Roles: []string{"patient"}, IdleTimeout: time.Hour}))
+		testutil.Must[Session](t, "Create")(s.Create(ctxb, oldID, NewSession{UserID: "u", Roles: []string{"patient"}, IdleTimeout: time.Hour}))
 		calls := 0
 		b.hook = func(step string) {
 			if step == "rotate:copied" && calls < tc.times {
@@ -335,7 +336,7 @@ func TestRedisRotateRaces(t *testing.T) {
 		got, err := s.Rotate(ctxb, oldID, newID)
 		b.hook = nil
 		if tc.wantErr != nil {
-			wantErr(t, tc.name, err, tc.wantErr)
+			testutil.WantErr(t, tc.name, err, tc.wantErr)
 		} else if err != nil || !slices.Equal(got.Roles, tc.wantRoles) {
 			t.Fatalf("%s: Rotate = %+v, %v; want roles %q", tc.name, got, err, tc.wantRoles)
 		}
@@ -346,7 +347,7 @@ func TestRedisRotateRaces(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: old session after giving up: %v", tc.name, err)
 			}
-			got := must[Session](t, tc.name+": retry")(s.Rotate(ctxb, oldID, newID))
+			got := testutil.Must[Session](t, tc.name+": retry")(s.Rotate(ctxb, oldID, newID))
 			if got.ID != newID {
 				t.Fatalf("%s: retry = %+v", tc.name, got)
 			}
@@ -356,15 +357,15 @@ func TestRedisRotateRaces(t *testing.T) {
 			if err != nil || got.UserID != "" {
 				t.Fatalf("%s: the new session under the old id: %v (Rotate returned %+v)", tc.name, err, got)
 			}
-			if read := must[Session](t, "Get")(s.Get(ctxb, oldID)); read.UserID != "v" {
+			if read := testutil.Must[Session](t, "Get")(s.Get(ctxb, oldID)); read.UserID != "v" {
 				t.Fatalf("%s: old id now holds %+v", tc.name, read)
 			}
 		} else {
-			wantErr(t, tc.name+": old id", err, ErrNotFound)
+			testutil.WantErr(t, tc.name+": old id", err, ErrNotFound)
 		}
 		read, err := s.Get(ctxb, newID)
 		if tc.wantErr != nil {
-			wantErr(t, tc.name+": new id", err, ErrNotFound)
+			testutil.WantErr(t, tc.name+": new id", err, ErrNotFound)
 			continue
 		}
 		if err != nil || !slices.Equal(read.Roles, tc.wantRoles) {
@@ -378,9 +379,9 @@ func TestRedisRotateRaces(t *testing.T) {
 func TestRedisCopiedCiphertextFails(t *testing.T) {
 	t.Parallel()
 	client := redistest.Client(t, redistest.URL(t))
-	s, b := redisStore(t, client, Config{Keyring: testKeyring(t, keyEntry("k1", 1))})
-	must[Session](t, "Create")(s.Create(ctxb, "alice", NewSession{UserID: "alice", DeviceInfo: []byte("alice's device"), Preferences: []byte("p")}))
-	must[Session](t, "Create")(s.Create(ctxb, "mallory", NewSession{UserID: "mallory", DeviceInfo: []byte("mallory's device")}))
+	s, b := redisStore(t, client, Config{Keyring: testutil.Keyring(t, testutil.KeyEntry("k1", 1))})
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "alice", NewSession{UserID: "alice", DeviceInfo: []byte("alice's device"), Preferences: []byte("p")}))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "mallory", NewSession{UserID: "mallory", DeviceInfo: []byte("mallory's device")}))
 	raw, err := client.Do(ctxb, client.B().Hget().Key(b.n.session("alice")).Field("deviceInfo").Build()).ToString()
 	if err != nil {
 		t.Fatal(err)
@@ -391,7 +392,7 @@ func TestRedisCopiedCiphertextFails(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = s.Get(ctxb, dst.id)
-		wantErr(t, "Get of a value copied to "+dst.id+"."+dst.field, err, seal.ErrCorrupt)
+		testutil.WantErr(t, "Get of a value copied to "+dst.id+"."+dst.field, err, seal.ErrCorrupt)
 	}
 }
 
@@ -405,8 +406,8 @@ func TestRedisFailClosed(t *testing.T) {
 	const bound = 2 * time.Second // generous: the point is "does not hang"
 	s, _ := redisStore(t, redistest.Client(t, srv.URL()), Config{Timeout: timeout})
 	untilHealthy(t, s)
-	must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
-	if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); !ok { // cached now
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
+	if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); !ok { // cached now
 		t.Fatal("HasRole = false")
 	}
 
@@ -451,9 +452,9 @@ func TestRedisFailClosed(t *testing.T) {
 	srv.Start(t)
 	untilHealthy(t, s)
 	_, err := s.HasRole(ctxb, "s", "patient")
-	wantErr(t, "HasRole of a session lost with the server", err, ErrNotFound)
-	must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
-	if ok := must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); !ok {
+	testutil.WantErr(t, "HasRole of a session lost with the server", err, ErrNotFound)
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u", "patient")))
+	if ok := testutil.Must[bool](t, "HasRole")(s.HasRole(ctxb, "s", "patient")); !ok {
 		t.Fatal("HasRole after restart = false")
 	}
 }
@@ -467,7 +468,7 @@ func TestRedisTimeoutFailsClosed(t *testing.T) {
 	const timeout = 100 * time.Millisecond
 	s, _ := redisStore(t, redistest.Client(t, srv.URL()), Config{Timeout: timeout})
 	untilHealthy(t, s)
-	must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u")))
+	testutil.Must[Session](t, "Create")(s.Create(ctxb, "s", newSession("u")))
 	// Paused for writes (scripts count as writes), so that the UNPAUSE
 	// below is served at once.
 	if err := admin.Do(ctxb, admin.B().ClientPause().Timeout(10000).Write().Build()).Error(); err != nil {
@@ -537,11 +538,11 @@ func TestRedisBadConfig(t *testing.T) {
 		"negative":     NewMemory(quiet(Config{TouchInterval: -time.Second})),
 	} {
 		_, err := s.Create(ctxb, "s", newSession("u"))
-		wantErr(t, name+": Create", err, ErrBackend)
+		testutil.WantErr(t, name+": Create", err, ErrBackend)
 		_, err = s.HasRole(ctxb, "s", "r")
-		wantErr(t, name+": HasRole", err, ErrBackend)
+		testutil.WantErr(t, name+": HasRole", err, ErrBackend)
 		// Bad input is still reported as such.
 		_, err = s.Get(ctxb, "")
-		wantErr(t, name+": Get with an empty id", err, ErrInvalidArgument)
+		testutil.WantErr(t, name+": Get with an empty id", err, ErrInvalidArgument)
 	}
 }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // The conformance suite: the behaviours of the Store contract (tempdata.go),
@@ -191,37 +192,6 @@ func within(t *testing.T, what string, got, lo, hi time.Time) {
 	}
 }
 
-func must[T any](t *testing.T, what string) func(T, error) T {
-	return func(v T, err error) T {
-		t.Helper()
-		if err != nil {
-			t.Fatalf("%s: %v", what, err)
-		}
-		return v
-	}
-}
-
-func wantErr(t *testing.T, what string, err, want error) {
-	t.Helper()
-	if !errors.Is(err, want) {
-		t.Fatalf("%s: got %v, want %v", what, err, want)
-	}
-}
-
-func testKeyring(t testing.TB, spec ...string) *seal.Keyring {
-	t.Helper()
-	k, err := ParseKeyring(strings.Join(spec, ","))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-// keyEntry is a fixed key entry "kid:base64" for tests.
-func keyEntry(kid string, fill byte) string {
-	return kid + ":" + base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{fill}, seal.KeySize))
-}
-
 var ctxb = context.Background()
 
 func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
@@ -229,17 +199,17 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		before := time.Now()
-		exp := must[time.Time](t, "Put")(s.Put(ctxb, "setup", "user-42", []byte(`{"step":1}`), time.Hour))
+		exp := testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "setup", "user-42", []byte(`{"step":1}`), time.Hour))
 		after := time.Now()
 		within(t, "Put expiresAt", exp, before.Add(time.Hour), after.Add(time.Hour))
-		it := must[Item](t, "Get")(s.Get(ctxb, "setup", "user-42"))
+		it := testutil.Must[Item](t, "Get")(s.Get(ctxb, "setup", "user-42"))
 		if string(it.Value) != `{"step":1}` {
 			t.Fatalf("Get = %q", it.Value)
 		}
 		within(t, "Get expiresAt", it.ExpiresAt, before.Add(time.Hour), time.Now().Add(time.Hour))
 		// Put replaces the value and the TTL.
-		must[time.Time](t, "Put again")(s.Put(ctxb, "setup", "user-42", []byte(`{"step":2}`), 2*time.Hour))
-		it = must[Item](t, "Get")(s.Get(ctxb, "setup", "user-42"))
+		testutil.Must[time.Time](t, "Put again")(s.Put(ctxb, "setup", "user-42", []byte(`{"step":2}`), 2*time.Hour))
+		it = testutil.Must[Item](t, "Get")(s.Get(ctxb, "setup", "user-42"))
 		if string(it.Value) != `{"step":2}` {
 			t.Fatalf("Get after replace = %q", it.Value)
 		}
@@ -247,8 +217,8 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		// Empty and binary values round-trip.
 		for i, v := range [][]byte{nil, {}, {0}, bytes.Repeat([]byte{0xff, 0, '\n', 0xE1}, 300)} {
 			k := fmt.Sprint("v", i)
-			must[time.Time](t, "Put")(s.Put(ctxb, "bin", k, v, time.Hour))
-			if got := must[Item](t, "Get")(s.Get(ctxb, "bin", k)); !bytes.Equal(got.Value, v) || got.Value == nil {
+			testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "bin", k, v, time.Hour))
+			if got := testutil.Must[Item](t, "Get")(s.Get(ctxb, "bin", k)); !bytes.Equal(got.Value, v) || got.Value == nil {
 				t.Errorf("Get of %q = %q (nil %v)", v, got.Value, got.Value == nil)
 			}
 		}
@@ -258,18 +228,18 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		_, err := s.Get(ctxb, "ns", "missing")
-		wantErr(t, "Get missing", err, ErrNotFound)
+		testutil.WantErr(t, "Get missing", err, ErrNotFound)
 		_, err = s.Take(ctxb, "ns", "missing")
-		wantErr(t, "Take missing", err, ErrNotFound)
+		testutil.WantErr(t, "Take missing", err, ErrNotFound)
 		if err := s.Delete(ctxb, "ns", "missing"); err != nil {
 			t.Fatalf("Delete missing: %v", err)
 		}
-		must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
 		if err := s.Delete(ctxb, "ns", "k"); err != nil {
 			t.Fatalf("Delete: %v", err)
 		}
 		_, err = s.Get(ctxb, "ns", "k")
-		wantErr(t, "Get after Delete", err, ErrNotFound)
+		testutil.WantErr(t, "Get after Delete", err, ErrNotFound)
 		if err := s.Delete(ctxb, "ns", "k"); err != nil {
 			t.Fatalf("Delete again: %v", err)
 		}
@@ -278,15 +248,15 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("PutIfAbsent", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
-		must[time.Time](t, "PutIfAbsent")(s.PutIfAbsent(ctxb, "form", "f1", []byte("first"), time.Hour))
+		testutil.Must[time.Time](t, "PutIfAbsent")(s.PutIfAbsent(ctxb, "form", "f1", []byte("first"), time.Hour))
 		_, err := s.PutIfAbsent(ctxb, "form", "f1", []byte("second"), time.Hour)
-		wantErr(t, "PutIfAbsent over a live value", err, ErrExists)
-		if got := must[Item](t, "Get")(s.Get(ctxb, "form", "f1")); string(got.Value) != "first" {
+		testutil.WantErr(t, "PutIfAbsent over a live value", err, ErrExists)
+		if got := testutil.Must[Item](t, "Get")(s.Get(ctxb, "form", "f1")); string(got.Value) != "first" {
 			t.Fatalf("value after a refused PutIfAbsent = %q, want first", got.Value)
 		}
-		must[[]byte](t, "Take")(s.Take(ctxb, "form", "f1"))
-		must[time.Time](t, "PutIfAbsent after Take")(s.PutIfAbsent(ctxb, "form", "f1", []byte("third"), time.Hour))
-		if got := must[Item](t, "Get")(s.Get(ctxb, "form", "f1")); string(got.Value) != "third" {
+		testutil.Must[[]byte](t, "Take")(s.Take(ctxb, "form", "f1"))
+		testutil.Must[time.Time](t, "PutIfAbsent after Take")(s.PutIfAbsent(ctxb, "form", "f1", []byte("third"), time.Hour))
+		if got := testutil.Must[Item](t, "Get")(s.Get(ctxb, "form", "f1")); string(got.Value) != "third" {
 			t.Fatalf("value = %q, want third", got.Value)
 		}
 	})
@@ -294,28 +264,28 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("Take", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
-		must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("once"), time.Hour))
-		if v := must[[]byte](t, "Take")(s.Take(ctxb, "ns", "k")); string(v) != "once" {
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("once"), time.Hour))
+		if v := testutil.Must[[]byte](t, "Take")(s.Take(ctxb, "ns", "k")); string(v) != "once" {
 			t.Fatalf("Take = %q", v)
 		}
 		_, err := s.Take(ctxb, "ns", "k")
-		wantErr(t, "second Take", err, ErrNotFound)
+		testutil.WantErr(t, "second Take", err, ErrNotFound)
 		_, err = s.Get(ctxb, "ns", "k")
-		wantErr(t, "Get after Take", err, ErrNotFound)
+		testutil.WantErr(t, "Get after Take", err, ErrNotFound)
 	})
 
 	t.Run("TTLExpiry", func(t *testing.T) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		const ttl = 150 * time.Millisecond
-		must[time.Time](t, "Put")(s.Put(ctxb, "ns", "short", []byte("v"), ttl))
-		must[time.Time](t, "Put")(s.Put(ctxb, "ns", "short-take", []byte("v"), ttl))
-		must[time.Time](t, "Put")(s.Put(ctxb, "ns", "long", []byte("v"), time.Hour))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "short", []byte("v"), ttl))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "short-take", []byte("v"), ttl))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "long", []byte("v"), time.Hour))
 		tok, _, err := s.Issue(ctxb, "p", []byte("d"), ttl)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rec := must[Record](t, "Begin")(s.Begin(ctxb, "lease", "", ttl)); rec.State != Started {
+		if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "lease", "", ttl)); rec.State != Started {
 			t.Fatalf("Begin = %+v", rec)
 		}
 		if _, err := s.Get(ctxb, "ns", "short"); err != nil {
@@ -324,19 +294,19 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		time.Sleep(ttl + 100*time.Millisecond) // the semantics under test: wait the TTL out
 
 		_, err = s.Get(ctxb, "ns", "short")
-		wantErr(t, "Get after expiry", err, ErrNotFound)
+		testutil.WantErr(t, "Get after expiry", err, ErrNotFound)
 		_, err = s.Take(ctxb, "ns", "short-take")
-		wantErr(t, "Take after expiry", err, ErrNotFound)
+		testutil.WantErr(t, "Take after expiry", err, ErrNotFound)
 		_, err = s.Consume(ctxb, "p", tok)
-		wantErr(t, "Consume after expiry", err, ErrNotFound)
+		testutil.WantErr(t, "Consume after expiry", err, ErrNotFound)
 		if _, err := s.Get(ctxb, "ns", "long"); err != nil {
 			t.Fatalf("Get of an unexpired value: %v", err)
 		}
 		// An in-progress lease that ran out (a crashed request) may begin again.
-		if rec := must[Record](t, "Begin after lease expiry")(s.Begin(ctxb, "lease", "", time.Hour)); rec.State != Started {
+		if rec := testutil.Must[Record](t, "Begin after lease expiry")(s.Begin(ctxb, "lease", "", time.Hour)); rec.State != Started {
 			t.Fatalf("Begin after lease expiry = %+v, want Started", rec)
 		}
-		must[time.Time](t, "PutIfAbsent after expiry")(s.PutIfAbsent(ctxb, "ns", "short", []byte("again"), time.Hour))
+		testutil.Must[time.Time](t, "PutIfAbsent after expiry")(s.PutIfAbsent(ctxb, "ns", "short", []byte("again"), time.Hour))
 	})
 
 	t.Run("Tokens", func(t *testing.T) {
@@ -365,19 +335,19 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		}
 		// A wrong purpose finds nothing and consumes nothing.
 		_, err = s.Consume(ctxb, "reset-password", tok)
-		wantErr(t, "Consume with a wrong purpose", err, ErrNotFound)
-		if d := must[[]byte](t, "Consume")(s.Consume(ctxb, "verify-email", tok)); string(d) != `{"userId":"42"}` {
+		testutil.WantErr(t, "Consume with a wrong purpose", err, ErrNotFound)
+		if d := testutil.Must[[]byte](t, "Consume")(s.Consume(ctxb, "verify-email", tok)); string(d) != `{"userId":"42"}` {
 			t.Fatalf("Consume = %q", d)
 		}
 		_, err = s.Consume(ctxb, "verify-email", tok)
-		wantErr(t, "second Consume", err, ErrNotFound)
+		testutil.WantErr(t, "second Consume", err, ErrNotFound)
 
 		// Empty data round-trips.
 		tk, _, err := s.Issue(ctxb, "p", nil, time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if d := must[[]byte](t, "Consume")(s.Consume(ctxb, "p", tk)); d == nil || len(d) != 0 {
+		if d := testutil.Must[[]byte](t, "Consume")(s.Consume(ctxb, "p", tk)); d == nil || len(d) != 0 {
 			t.Fatalf("Consume of empty data = %q (nil %v)", d, d == nil)
 		}
 	})
@@ -403,9 +373,9 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 				continue
 			}
 			_, err := s.Consume(ctxb, "p", bad)
-			wantErr(t, fmt.Sprintf("Consume(%q)", bad), err, ErrNotFound)
+			testutil.WantErr(t, fmt.Sprintf("Consume(%q)", bad), err, ErrNotFound)
 		}
-		if d := must[[]byte](t, "Consume of the real token")(s.Consume(ctxb, "p", tok)); string(d) != "d" {
+		if d := testutil.Must[[]byte](t, "Consume of the real token")(s.Consume(ctxb, "p", tok)); string(d) != "d" {
 			t.Fatalf("Consume = %q", d)
 		}
 	})
@@ -414,59 +384,59 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		s := newEnv(t).store(Config{})
 		before := time.Now()
-		rec := must[Record](t, "Begin")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute))
+		rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute))
 		if rec.State != Started || rec.Response != nil {
 			t.Fatalf("first Begin = %+v, want Started", rec)
 		}
 		within(t, "Started ExpiresAt", rec.ExpiresAt, before.Add(time.Minute), time.Now().Add(time.Minute))
 		_, err := s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute)
-		wantErr(t, "Begin while in progress", err, ErrInProgress)
+		testutil.WantErr(t, "Begin while in progress", err, ErrInProgress)
 		_, err = s.Begin(ctxb, "pay:appt_1", "", time.Minute)
-		wantErr(t, "Begin without fingerprint while in progress", err, ErrInProgress)
+		testutil.WantErr(t, "Begin without fingerprint while in progress", err, ErrInProgress)
 		_, err = s.Begin(ctxb, "pay:appt_1", "fp-b", time.Minute)
-		wantErr(t, "Begin with another fingerprint while in progress", err, ErrFingerprintMismatch)
+		testutil.WantErr(t, "Begin with another fingerprint while in progress", err, ErrFingerprintMismatch)
 
 		if err := s.Complete(ctxb, "pay:appt_1", []byte(`{"paid":true}`), 0); err != nil {
 			t.Fatalf("Complete: %v", err)
 		}
-		rec = must[Record](t, "Begin after Complete")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute))
+		rec = testutil.Must[Record](t, "Begin after Complete")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute))
 		if rec.State != Completed || string(rec.Response) != `{"paid":true}` {
 			t.Fatalf("Begin after Complete = %+v", rec)
 		}
 		// ttl 0 kept the lease's expiry.
 		within(t, "Completed ExpiresAt (ttl kept)", rec.ExpiresAt, before.Add(time.Minute), time.Now().Add(time.Minute))
-		if rec := must[Record](t, "Begin without fingerprint")(s.Begin(ctxb, "pay:appt_1", "", time.Minute)); rec.State != Completed {
+		if rec := testutil.Must[Record](t, "Begin without fingerprint")(s.Begin(ctxb, "pay:appt_1", "", time.Minute)); rec.State != Completed {
 			t.Fatalf("Begin without fingerprint after Complete = %+v", rec)
 		}
 		_, err = s.Begin(ctxb, "pay:appt_1", "fp-b", time.Minute)
-		wantErr(t, "Begin with another fingerprint after Complete", err, ErrFingerprintMismatch)
-		wantErr(t, "second Complete", s.Complete(ctxb, "pay:appt_1", []byte("other"), 0), ErrExists)
-		wantErr(t, "Fail after Complete", s.Fail(ctxb, "pay:appt_1"), ErrExists)
-		if rec := must[Record](t, "Begin")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute)); rec.State != Completed || string(rec.Response) != `{"paid":true}` {
+		testutil.WantErr(t, "Begin with another fingerprint after Complete", err, ErrFingerprintMismatch)
+		testutil.WantErr(t, "second Complete", s.Complete(ctxb, "pay:appt_1", []byte("other"), 0), ErrExists)
+		testutil.WantErr(t, "Fail after Complete", s.Fail(ctxb, "pay:appt_1"), ErrExists)
+		if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "pay:appt_1", "fp-a", time.Minute)); rec.State != Completed || string(rec.Response) != `{"paid":true}` {
 			t.Fatalf("record after a refused Complete and Fail = %+v", rec)
 		}
 
 		// Fail lets the key begin again, with any fingerprint.
-		must[Record](t, "Begin")(s.Begin(ctxb, "k2", "fp-a", time.Minute))
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "fp-a", time.Minute))
 		if err := s.Fail(ctxb, "k2"); err != nil {
 			t.Fatalf("Fail: %v", err)
 		}
 		if err := s.Fail(ctxb, "k2"); err != nil {
 			t.Fatalf("Fail of a missing record: %v", err)
 		}
-		if rec := must[Record](t, "Begin after Fail")(s.Begin(ctxb, "k2", "fp-b", time.Minute)); rec.State != Started {
+		if rec := testutil.Must[Record](t, "Begin after Fail")(s.Begin(ctxb, "k2", "fp-b", time.Minute)); rec.State != Started {
 			t.Fatalf("Begin after Fail = %+v, want Started", rec)
 		}
-		wantErr(t, "Complete of a missing record", s.Complete(ctxb, "never-begun", []byte("x"), 0), ErrNotFound)
+		testutil.WantErr(t, "Complete of a missing record", s.Complete(ctxb, "never-begun", []byte("x"), 0), ErrNotFound)
 
 		// Complete with a ttl sets the retention from now; an empty
 		// response round-trips.
-		must[Record](t, "Begin")(s.Begin(ctxb, "k3", "", time.Minute))
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k3", "", time.Minute))
 		before = time.Now()
 		if err := s.Complete(ctxb, "k3", nil, 48*time.Hour); err != nil {
 			t.Fatal(err)
 		}
-		rec = must[Record](t, "Begin")(s.Begin(ctxb, "k3", "fp", time.Minute))
+		rec = testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k3", "fp", time.Minute))
 		if rec.State != Completed || rec.Response == nil || len(rec.Response) != 0 {
 			t.Fatalf("Begin after Complete(nil) = %+v", rec)
 		}
@@ -479,16 +449,16 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		cancelled, cancel := context.WithCancel(ctxb)
 		cancel()
 		_, err := s.Begin(cancelled, "k", "", time.Minute)
-		wantErr(t, "Begin with a cancelled ctx", err, context.Canceled)
-		must[Record](t, "Begin")(s.Begin(ctxb, "k", "", time.Minute))
+		testutil.WantErr(t, "Begin with a cancelled ctx", err, context.Canceled)
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k", "", time.Minute))
 		if err := s.Complete(cancelled, "k", []byte("r"), 0); err != nil {
 			t.Fatalf("Complete with a cancelled ctx: %v", err)
 		}
-		must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute))
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute))
 		if err := s.Fail(cancelled, "k2"); err != nil {
 			t.Fatalf("Fail with a cancelled ctx: %v", err)
 		}
-		if rec := must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Started {
+		if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Started {
 			t.Fatalf("after Fail with a cancelled ctx: %+v", rec)
 		}
 	})
@@ -555,15 +525,15 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 			{"a b", "c\r\nd"},
 		}
 		for i, n := range names {
-			must[time.Time](t, "Put")(s.Put(ctxb, n[0], n[1], []byte(fmt.Sprint(i)), time.Hour))
+			testutil.Must[time.Time](t, "Put")(s.Put(ctxb, n[0], n[1], []byte(fmt.Sprint(i)), time.Hour))
 		}
 		for i, n := range names {
-			if it := must[Item](t, fmt.Sprintf("Get(%q, %q)", n[0], n[1]))(s.Get(ctxb, n[0], n[1])); string(it.Value) != fmt.Sprint(i) {
+			if it := testutil.Must[Item](t, fmt.Sprintf("Get(%q, %q)", n[0], n[1]))(s.Get(ctxb, n[0], n[1])); string(it.Value) != fmt.Sprint(i) {
 				t.Errorf("Get(%q, %q) = %q, want %d", n[0], n[1], it.Value, i)
 			}
 		}
-		must[[]byte](t, "Take")(s.Take(ctxb, "a:b", "c"))
-		if it := must[Item](t, "Get")(s.Get(ctxb, "a", "b:c")); string(it.Value) != "1" {
+		testutil.Must[[]byte](t, "Take")(s.Take(ctxb, "a:b", "c"))
+		if it := testutil.Must[Item](t, "Get")(s.Get(ctxb, "a", "b:c")); string(it.Value) != "1" {
 			t.Errorf("Take of (a:b, c) disturbed (a, b:c): %q", it.Value)
 		}
 		// Purposes and idempotency keys are escaped the same way.
@@ -572,12 +542,12 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 			t.Fatal(err)
 		}
 		_, err = s.Consume(ctxb, "p", tok)
-		wantErr(t, "Consume with a prefix of the purpose", err, ErrNotFound)
-		if d := must[[]byte](t, "Consume")(s.Consume(ctxb, "p:{x}*", tok)); string(d) != "d" {
+		testutil.WantErr(t, "Consume with a prefix of the purpose", err, ErrNotFound)
+		if d := testutil.Must[[]byte](t, "Consume")(s.Consume(ctxb, "p:{x}*", tok)); string(d) != "d" {
 			t.Fatalf("Consume = %q", d)
 		}
-		must[Record](t, "Begin")(s.Begin(ctxb, "{k}:*", "", time.Hour))
-		if rec := must[Record](t, "Begin")(s.Begin(ctxb, "{k}", "", time.Hour)); rec.State != Started {
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "{k}:*", "", time.Hour))
+		if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "{k}", "", time.Hour)); rec.State != Started {
 			t.Fatalf("Begin of a different key = %+v", rec)
 		}
 	})
@@ -585,15 +555,15 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 	t.Run("Encryption", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t)
-		k1, k2 := keyEntry("k1", 1), keyEntry("k2", 2)
-		old := e.store(Config{Keyring: testKeyring(t, k1)})
+		k1, k2 := testutil.KeyEntry("k1", 1), testutil.KeyEntry("k2", 2)
+		old := e.store(Config{Keyring: testutil.Keyring(t, k1)})
 		const secret = "jane.doe@example.com has diabetes"
-		must[time.Time](t, "Put")(old.Put(ctxb, "form", "f", []byte(secret), time.Hour))
+		testutil.Must[time.Time](t, "Put")(old.Put(ctxb, "form", "f", []byte(secret), time.Hour))
 		tok, _, err := old.Issue(ctxb, "verify", []byte(secret+" token"), time.Hour)
 		if err != nil {
 			t.Fatal(err)
 		}
-		must[Record](t, "Begin")(old.Begin(ctxb, "idem", "", time.Hour))
+		testutil.Must[Record](t, "Begin")(old.Begin(ctxb, "idem", "", time.Hour))
 		if err := old.Complete(ctxb, "idem", []byte(secret+" response"), 0); err != nil {
 			t.Fatal(err)
 		}
@@ -605,33 +575,33 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		if bytes.Contains(dump, raw) {
 			t.Fatalf("stored data holds the token's bytes")
 		}
-		if it := must[Item](t, "Get")(old.Get(ctxb, "form", "f")); string(it.Value) != secret {
+		if it := testutil.Must[Item](t, "Get")(old.Get(ctxb, "form", "f")); string(it.Value) != secret {
 			t.Fatalf("Get = %q", it.Value)
 		}
 
 		// Rotation: the new keyring seals with k2 and still opens k1 values.
-		rotated := e.store(Config{Keyring: testKeyring(t, k2, k1)})
-		if it := must[Item](t, "Get after rotation")(rotated.Get(ctxb, "form", "f")); string(it.Value) != secret {
+		rotated := e.store(Config{Keyring: testutil.Keyring(t, k2, k1)})
+		if it := testutil.Must[Item](t, "Get after rotation")(rotated.Get(ctxb, "form", "f")); string(it.Value) != secret {
 			t.Fatalf("Get after rotation = %q", it.Value)
 		}
-		if d := must[[]byte](t, "Consume after rotation")(rotated.Consume(ctxb, "verify", tok)); string(d) != secret+" token" {
+		if d := testutil.Must[[]byte](t, "Consume after rotation")(rotated.Consume(ctxb, "verify", tok)); string(d) != secret+" token" {
 			t.Fatalf("Consume after rotation = %q", d)
 		}
-		if rec := must[Record](t, "Begin after rotation")(rotated.Begin(ctxb, "idem", "", time.Hour)); string(rec.Response) != secret+" response" {
+		if rec := testutil.Must[Record](t, "Begin after rotation")(rotated.Begin(ctxb, "idem", "", time.Hour)); string(rec.Response) != secret+" response" {
 			t.Fatalf("Begin after rotation = %+v", rec)
 		}
-		must[time.Time](t, "Put")(rotated.Put(ctxb, "form", "new", []byte("under k2"), time.Hour))
+		testutil.Must[time.Time](t, "Put")(rotated.Put(ctxb, "form", "new", []byte("under k2"), time.Hour))
 		// A keyring without k2 cannot read it: an error, not a value and
 		// not "not found".
 		_, err = old.Get(ctxb, "form", "new")
-		wantErr(t, "Get of a k2 value with only k1", err, seal.ErrUnknownKey)
-		wantErr(t, "Get of a k2 value with only k1", err, ErrUnreadable)
+		testutil.WantErr(t, "Get of a k2 value with only k1", err, seal.ErrUnknownKey)
+		testutil.WantErr(t, "Get of a k2 value with only k1", err, ErrUnreadable)
 		// A keyring store cannot read a value written without encryption.
 		plain := e.store(Config{})
-		must[time.Time](t, "Put")(plain.Put(ctxb, "form", "plain", []byte("plain"), time.Hour))
+		testutil.Must[time.Time](t, "Put")(plain.Put(ctxb, "form", "plain", []byte("plain"), time.Hour))
 		_, err = rotated.Get(ctxb, "form", "plain")
-		wantErr(t, "Get of a plain value with a keyring", err, seal.ErrCorrupt)
-		wantErr(t, "Get of a plain value with a keyring", err, ErrUnreadable)
+		testutil.WantErr(t, "Get of a plain value with a keyring", err, seal.ErrCorrupt)
+		testutil.WantErr(t, "Get of a plain value with a keyring", err, ErrUnreadable)
 		if !bytes.Contains(e.dump(), []byte("plain")) {
 			t.Fatalf("the dump does not show an unencrypted value: the secrecy check above proves nothing")
 		}
@@ -641,16 +611,16 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		e := newEnv(t)
 		s := e.store(Config{KeyHashSecret: []byte("secret")})
-		must[time.Time](t, "Put")(s.Put(ctxb, "patients", "jane.doe@example.com", []byte("v"), time.Hour))
-		must[Record](t, "Begin")(s.Begin(ctxb, "booking-for-jane.doe@example.com", "body: jane.doe@example.com", time.Hour))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "patients", "jane.doe@example.com", []byte("v"), time.Hour))
+		testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "booking-for-jane.doe@example.com", "body: jane.doe@example.com", time.Hour))
 		if dump := e.dump(); bytes.Contains(dump, []byte("jane")) || bytes.Contains(dump, []byte("patients")) {
 			t.Fatalf("names or fingerprints appear in stored data: %q", dump)
 		}
-		if it := must[Item](t, "Get")(s.Get(ctxb, "patients", "jane.doe@example.com")); string(it.Value) != "v" {
+		if it := testutil.Must[Item](t, "Get")(s.Get(ctxb, "patients", "jane.doe@example.com")); string(it.Value) != "v" {
 			t.Fatalf("Get = %q", it.Value)
 		}
 		_, err := s.Begin(ctxb, "booking-for-jane.doe@example.com", "body: other", time.Hour)
-		wantErr(t, "Begin with another fingerprint", err, ErrFingerprintMismatch)
+		testutil.WantErr(t, "Begin with another fingerprint", err, ErrFingerprintMismatch)
 	})
 
 	t.Run("ConcurrentConsume", func(t *testing.T) {
@@ -677,7 +647,7 @@ func runConformance(t *testing.T, newEnv func(t *testing.T) env) {
 		t.Parallel()
 		e := newEnv(t)
 		stores := e.instances(Config{}, 4)
-		must[time.Time](t, "Put")(stores[0].Put(ctxb, "ns", "once", []byte("v"), time.Hour))
+		testutil.Must[time.Time](t, "Put")(stores[0].Put(ctxb, "ns", "once", []byte("v"), time.Hour))
 		ok, notFound := race(t, 1000, stores, func(s Store) error {
 			v, err := s.Take(ctxb, "ns", "once")
 			if err == nil && string(v) != "v" {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/clock"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 var t0 = time.Unix(1_700_000_000, 0)
@@ -26,7 +27,7 @@ func newFakeMemory(cfg Config) (*store, *memoryBackend, *clock.Fake) {
 // exactly its TTL: present one nanosecond before its expiry, gone at it.
 func TestMemoryExpiryIsExact(t *testing.T) {
 	s, _, clk := newFakeMemory(Config{})
-	exp := must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), 10*time.Second))
+	exp := testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), 10*time.Second))
 	if !exp.Equal(t0.Add(10 * time.Second)) {
 		t.Fatalf("expiresAt = %v, want %v", exp, t0.Add(10*time.Second))
 	}
@@ -35,15 +36,15 @@ func TestMemoryExpiryIsExact(t *testing.T) {
 		t.Fatalf("Issue: %v, %v", texp, err)
 	}
 	clk.Advance(10*time.Second - 1)
-	if it := must[Item](t, "Get")(s.Get(ctxb, "ns", "k")); !it.ExpiresAt.Equal(exp) {
+	if it := testutil.Must[Item](t, "Get")(s.Get(ctxb, "ns", "k")); !it.ExpiresAt.Equal(exp) {
 		t.Fatalf("Get expiresAt = %v, want %v", it.ExpiresAt, exp)
 	}
 	clk.Advance(1)
 	_, err = s.Get(ctxb, "ns", "k")
-	wantErr(t, "Get at expiry", err, ErrNotFound)
+	testutil.WantErr(t, "Get at expiry", err, ErrNotFound)
 	_, err = s.Consume(ctxb, "p", tok)
-	wantErr(t, "Consume at expiry", err, ErrNotFound)
-	must[time.Time](t, "PutIfAbsent at expiry")(s.PutIfAbsent(ctxb, "ns", "k", []byte("v2"), time.Second))
+	testutil.WantErr(t, "Consume at expiry", err, ErrNotFound)
+	testutil.Must[time.Time](t, "PutIfAbsent at expiry")(s.PutIfAbsent(ctxb, "ns", "k", []byte("v2"), time.Second))
 }
 
 // TestMemoryIdempotencyLease checks the lease arithmetic on a fake clock:
@@ -51,18 +52,18 @@ func TestMemoryExpiryIsExact(t *testing.T) {
 // keeps the lease's expiry, and a ttl sets it from the completion time.
 func TestMemoryIdempotencyLease(t *testing.T) {
 	s, _, clk := newFakeMemory(Config{})
-	rec := must[Record](t, "Begin")(s.Begin(ctxb, "k", "fp", time.Minute))
+	rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k", "fp", time.Minute))
 	if rec.State != Started || !rec.ExpiresAt.Equal(t0.Add(time.Minute)) {
 		t.Fatalf("Begin = %+v", rec)
 	}
 	clk.Advance(time.Minute - 1)
 	_, err := s.Begin(ctxb, "k", "fp", time.Minute)
-	wantErr(t, "Begin just before the lease ends", err, ErrInProgress)
+	testutil.WantErr(t, "Begin just before the lease ends", err, ErrInProgress)
 	clk.Advance(1)
 	// The lease ended (a crashed request): the key begins again, and the
 	// first owner's Complete now completes the new record. This is the
 	// documented limit of a lease without fencing.
-	rec = must[Record](t, "Begin after the lease")(s.Begin(ctxb, "k", "fp", time.Minute))
+	rec = testutil.Must[Record](t, "Begin after the lease")(s.Begin(ctxb, "k", "fp", time.Minute))
 	if rec.State != Started || !rec.ExpiresAt.Equal(t0.Add(2*time.Minute)) {
 		t.Fatalf("Begin after the lease = %+v", rec)
 	}
@@ -70,29 +71,29 @@ func TestMemoryIdempotencyLease(t *testing.T) {
 	if err := s.Complete(ctxb, "k", []byte("r"), 0); err != nil {
 		t.Fatal(err)
 	}
-	rec = must[Record](t, "Begin")(s.Begin(ctxb, "k", "fp", time.Minute))
+	rec = testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k", "fp", time.Minute))
 	if rec.State != Completed || !rec.ExpiresAt.Equal(t0.Add(2*time.Minute)) {
 		t.Fatalf("after Complete(ttl 0): %+v, want expiry kept at %v", rec, t0.Add(2*time.Minute))
 	}
 
-	must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute))
 	clk.Advance(10 * time.Second)
 	if err := s.Complete(ctxb, "k2", []byte("r"), time.Hour); err != nil {
 		t.Fatal(err)
 	}
 	want := clk.Now().Add(time.Hour)
 	clk.Advance(time.Hour - 1)
-	if rec := must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Completed || !rec.ExpiresAt.Equal(want) {
+	if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Completed || !rec.ExpiresAt.Equal(want) {
 		t.Fatalf("after Complete(1h): %+v, want expiry %v", rec, want)
 	}
 	clk.Advance(1)
-	if rec := must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Started {
+	if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k2", "", time.Minute)); rec.State != Started {
 		t.Fatalf("after the retention: %+v, want Started", rec)
 	}
 	// Complete after the lease ended with nobody beginning again: not found.
-	must[Record](t, "Begin")(s.Begin(ctxb, "k3", "", time.Minute))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "k3", "", time.Minute))
 	clk.Advance(time.Minute)
-	wantErr(t, "Complete after the lease", s.Complete(ctxb, "k3", []byte("r"), 0), ErrNotFound)
+	testutil.WantErr(t, "Complete after the lease", s.Complete(ctxb, "k3", []byte("r"), 0), ErrNotFound)
 }
 
 // TestMemorySweepBoundsSize checks that expired entries nobody looks up
@@ -102,14 +103,14 @@ func TestMemorySweepBoundsSize(t *testing.T) {
 	s, b, clk := newFakeMemory(Config{})
 	const n = 20_000
 	for i := range n {
-		must[time.Time](t, "Put")(s.Put(ctxb, "a", fmt.Sprint(i), nil, time.Second))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "a", fmt.Sprint(i), nil, time.Second))
 	}
 	if got := b.size(); got != n {
 		t.Fatalf("size after %d live puts = %d", n, got)
 	}
 	clk.Advance(2 * time.Second)
 	for i := range n {
-		must[time.Time](t, "Put")(s.Put(ctxb, "b", fmt.Sprint(i), nil, time.Second))
+		testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "b", fmt.Sprint(i), nil, time.Second))
 	}
 	got := b.size()
 	t.Logf("entries after %d expired + %d live puts: %d", n, n, got)
@@ -123,22 +124,22 @@ func TestMemorySweepBoundsSize(t *testing.T) {
 func TestMemoryCopies(t *testing.T) {
 	s, _, _ := newFakeMemory(Config{})
 	in := []byte("original")
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", in, time.Hour))
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", in, time.Hour))
 	copy(in, "XXXXXXXX")
-	out := must[Item](t, "Get")(s.Get(ctxb, "ns", "k"))
+	out := testutil.Must[Item](t, "Get")(s.Get(ctxb, "ns", "k"))
 	copy(out.Value, "YYYYYYYY")
-	if got := must[Item](t, "Get")(s.Get(ctxb, "ns", "k")); string(got.Value) != "original" {
+	if got := testutil.Must[Item](t, "Get")(s.Get(ctxb, "ns", "k")); string(got.Value) != "original" {
 		t.Fatalf("stored value changed through a caller's slice: %q", got.Value)
 	}
-	must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour))
 	resp := []byte("response")
 	if err := s.Complete(ctxb, "r", resp, 0); err != nil {
 		t.Fatal(err)
 	}
 	copy(resp, "XXXXXXXX")
-	rec := must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour))
+	rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour))
 	copy(rec.Response, "YYYYYYYY")
-	if rec := must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour)); string(rec.Response) != "response" {
+	if rec := testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "r", "", time.Hour)); string(rec.Response) != "response" {
 		t.Fatalf("stored response changed through a caller's slice: %q", rec.Response)
 	}
 }
@@ -149,13 +150,13 @@ func TestMetrics(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s, _, _ := newFakeMemory(Config{Registerer: reg})
 	s2, _, _ := newFakeMemory(Config{Registerer: reg})
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
-	must[time.Time](t, "Put")(s2.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
+	testutil.Must[time.Time](t, "Put")(s2.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
 	_, _ = s.Get(ctxb, "ns", "missing")
 	_, _ = s.PutIfAbsent(ctxb, "ns", "k", []byte("v"), time.Hour)
 	_, _ = s.Put(ctxb, "", "k", nil, time.Hour)
 	_, _ = s.Consume(ctxb, "p", "malformed")
-	must[Record](t, "Begin")(s.Begin(ctxb, "i", "a", time.Hour))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "i", "a", time.Hour))
 	_, _ = s.Begin(ctxb, "i", "a", time.Hour)
 	_, _ = s.Begin(ctxb, "i", "b", time.Hour)
 	for _, c := range []struct {
@@ -214,16 +215,16 @@ func TestBadConfig(t *testing.T) {
 		NewRedis(nil, quiet(Config{})),
 	} {
 		_, err := s.Put(ctxb, "ns", "k", []byte("v"), time.Hour)
-		wantErr(t, "Put with a bad configuration", err, ErrBackend)
+		testutil.WantErr(t, "Put with a bad configuration", err, ErrBackend)
 		_, _, err = s.Issue(ctxb, "p", nil, time.Hour)
-		wantErr(t, "Issue with a bad configuration", err, ErrBackend)
+		testutil.WantErr(t, "Issue with a bad configuration", err, ErrBackend)
 		_, err = s.Begin(ctxb, "k", "", time.Hour)
-		wantErr(t, "Begin with a bad configuration", err, ErrBackend)
+		testutil.WantErr(t, "Begin with a bad configuration", err, ErrBackend)
 	}
 }
 
 func TestParseKeyring(t *testing.T) {
-	k, err := ParseKeyring(keyEntry("k2", 2) + "," + keyEntry("k1", 1))
+	k, err := ParseKeyring(testutil.KeyEntry("k2", 2) + "," + testutil.KeyEntry("k1", 1))
 	if err != nil || k.CurrentKeyID() != "k2" {
 		t.Fatalf("ParseKeyring: %v, %v", k, err)
 	}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/seal"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // TestRedisKeyLayout checks, on the cluster, that every key the store writes
@@ -24,18 +25,18 @@ func TestRedisKeyLayout(t *testing.T) {
 	prefix := redistest.Prefix(t)
 	s := NewRedis(client, quiet(Config{Prefix: prefix, Timeout: 10 * time.Second})).(*store)
 
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns:{x}", "user@example.com*", []byte("v"), time.Hour))
-	must[time.Time](t, "PutIfAbsent")(s.PutIfAbsent(ctxb, "ns", "k2", []byte("v"), time.Hour))
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns:{x}", "user@example.com*", []byte("v"), time.Hour))
+	testutil.Must[time.Time](t, "PutIfAbsent")(s.PutIfAbsent(ctxb, "ns", "k2", []byte("v"), time.Hour))
 	tok, _, err := s.Issue(ctxb, "verify-email", []byte("d"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	must[Record](t, "Begin")(s.Begin(ctxb, "started", "fp", time.Hour))
-	must[Record](t, "Begin")(s.Begin(ctxb, "completed", "fp", time.Minute))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "started", "fp", time.Hour))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "completed", "fp", time.Minute))
 	if err := s.Complete(ctxb, "completed", []byte("r"), 2*time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	must[Record](t, "Begin")(s.Begin(ctxb, "kept", "", time.Minute))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "kept", "", time.Minute))
 	if err := s.Complete(ctxb, "kept", []byte("r"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -82,9 +83,9 @@ func TestRedisKeyLayout(t *testing.T) {
 func TestRedisCopiedCiphertextFails(t *testing.T) {
 	t.Parallel()
 	client := redistest.Client(t, redistest.URL(t))
-	s := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Keyring: testKeyring(t, keyEntry("k1", 1))})).(*store)
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns", "alice", []byte("alice's data"), time.Hour))
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns", "mallory", []byte("mallory's data"), time.Hour))
+	s := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Keyring: testutil.Keyring(t, testutil.KeyEntry("k1", 1))})).(*store)
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "alice", []byte("alice's data"), time.Hour))
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "mallory", []byte("mallory's data"), time.Hour))
 	raw, err := client.Do(ctxb, client.B().Get().Key(s.tempRef("ns", "alice").key).Build()).AsBytes()
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func TestRedisCopiedCiphertextFails(t *testing.T) {
 	}
 	setRaw(s.tempRef("ns", "mallory").key)
 	_, err = s.Get(ctxb, "ns", "mallory")
-	wantErr(t, "Get of a value copied from another key", err, seal.ErrCorrupt)
+	testutil.WantErr(t, "Get of a value copied from another key", err, seal.ErrCorrupt)
 
 	tok, _, err := s.Issue(ctxb, "p", []byte("token data"), time.Hour)
 	if err != nil {
@@ -106,8 +107,8 @@ func TestRedisCopiedCiphertextFails(t *testing.T) {
 	digest, _ := parseToken(tok)
 	setRaw(s.tokenRef("p", digest).key)
 	_, err = s.Consume(ctxb, "p", tok)
-	wantErr(t, "Consume of a token whose data was replaced by a copied value", err, seal.ErrCorrupt)
-	if it := must[Item](t, "Get")(s.Get(ctxb, "ns", "alice")); string(it.Value) != "alice's data" {
+	testutil.WantErr(t, "Consume of a token whose data was replaced by a copied value", err, seal.ErrCorrupt)
+	if it := testutil.Must[Item](t, "Get")(s.Get(ctxb, "ns", "alice")); string(it.Value) != "alice's data" {
 		t.Fatalf("original = %q", it.Value)
 	}
 }
@@ -129,8 +130,8 @@ func TestRedisFailClosed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
-	must[Record](t, "Begin")(s.Begin(ctxb, "idem", "", time.Hour))
+	testutil.Must[time.Time](t, "Put")(s.Put(ctxb, "ns", "k", []byte("v"), time.Hour))
+	testutil.Must[Record](t, "Begin")(s.Begin(ctxb, "idem", "", time.Hour))
 
 	var handlerRuns atomic.Int64
 	h := IdempotencyMiddleware(s, IdempotencyOptions{Logger: quiet(Config{}).Logger})(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -186,15 +187,15 @@ func TestRedisFailClosed(t *testing.T) {
 	srv.Start(t)
 	untilHealthy(t, s)
 	_, err = s.Consume(ctxb, "p", tok)
-	wantErr(t, "Consume of a token lost with the server", err, ErrNotFound)
+	testutil.WantErr(t, "Consume of a token lost with the server", err, ErrNotFound)
 	tok, _, err = s.Issue(ctxb, "p", []byte("after"), time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := must[[]byte](t, "Consume after restart")(s.Consume(ctxb, "p", tok)); string(d) != "after" {
+	if d := testutil.Must[[]byte](t, "Consume after restart")(s.Consume(ctxb, "p", tok)); string(d) != "after" {
 		t.Fatalf("Consume after restart = %q", d)
 	}
-	if rec := must[Record](t, "Begin after restart")(s.Begin(ctxb, "idem", "", time.Hour)); rec.State != Started {
+	if rec := testutil.Must[Record](t, "Begin after restart")(s.Begin(ctxb, "idem", "", time.Hour)); rec.State != Started {
 		t.Fatalf("Begin after restart = %+v", rec)
 	}
 	rec = httptest.NewRecorder()
