@@ -34,7 +34,7 @@ const (
 )
 
 var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory, benchLock, benchLockContended,
-	benchCacheLocalHit, benchCacheRedisHit, benchCacheZipf}
+	benchCacheLocalHit, benchCacheRedisHit, benchCacheZipf, benchNotifyEnqueue, benchNotifyProcess}
 
 // Targets of the acceptance item 7.
 const (
@@ -161,7 +161,7 @@ func main() {
 			fatalf(1, "bench: -cpuprofile: %v", err)
 		}
 	}
-	out, err := runAll(context.Background(), cfg, cc) // run + render, and the cache cells (cachebench.go)
+	out, err := runAllWithNotify(context.Background(), cfg, cc) // run + render, the cache cells (cachebench.go), the notify cells (notifybench.go)
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
