@@ -3,11 +3,14 @@ package notify
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testutil"
@@ -23,25 +26,30 @@ const (
 	helperLease  = "ELEVA_NOTIFY_HELPER_LEASE"
 )
 
-// TestHelperWorkerProcess is not a test of its own: it is the worker
-// process that TestWorkerCrashRedelivery starts and kills. Without
-// helperEnv it has nothing to do.
-func TestHelperWorkerProcess(t *testing.T) {
-	if os.Getenv(helperEnv) != "1" {
-		t.Skip("the worker process of TestWorkerCrashRedelivery")
-	}
+// helperWorker is the worker process that TestWorkerCrashRedelivery starts
+// and kills: TestMain runs it instead of the tests when helperEnv is set. It
+// returns only on a setup error; otherwise the parent kills the process.
+func helperWorker() error {
 	lease, err := time.ParseDuration(os.Getenv(helperLease))
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	q := NewRedis(redistest.Client(t, os.Getenv(helperRedis)), Config{Prefix: os.Getenv(helperPrefix), Lease: lease, Timeout: 10 * time.Second})
+	opt, err := rueidis.ParseURL(os.Getenv(helperRedis))
+	if err != nil {
+		return err
+	}
+	client, err := rueidis.NewClient(opt)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	q := NewRedis(client, Config{Prefix: os.Getenv(helperPrefix), Lease: lease, Timeout: 10 * time.Second})
 	s, err := NewNovuSender(NovuConfig{APIKey: fakeNovuKey, BaseURL: os.Getenv(helperNovu)})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
-	// Runs until the parent kills the process.
-	_ = NewWorker(q, s, WorkerConfig{}).Run(context.Background())
-	t.Fatal("Run returned")
+	err = NewWorker(q, s, WorkerConfig{}).Run(context.Background())
+	return fmt.Errorf("the worker's Run returned: %v", err)
 }
 
 // TestWorkerCrashRedelivery: a worker process sends a batch of three to
@@ -77,7 +85,7 @@ func TestWorkerCrashRedelivery(t *testing.T) {
 			var out bytes.Buffer
 			var outMu sync.Mutex
 			output := func() string { outMu.Lock(); defer outMu.Unlock(); return out.String() }
-			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperWorkerProcess$", "-test.count=1")
+			cmd := exec.Command(os.Args[0]) // TestMain runs helperWorker
 			cmd.Env = append(os.Environ(), helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix,
 				helperNovu+"="+fake.srv.URL, helperLease+"="+lease.String())
 			cmd.Stdout = lockedWriter{&outMu, &out}

@@ -1,6 +1,7 @@
 package notify
 
 import (
+	"fmt"
 	"os"
 	"testing"
 
@@ -8,5 +9,12 @@ import (
 )
 
 // TestMain starts the shared redis-server and 3-node cluster on first use and
-// stops them when the package's tests are done.
-func TestMain(m *testing.M) { os.Exit(redistest.Run(m)) }
+// stops them when the package's tests are done. Started with helperEnv set,
+// the test binary is instead TestWorkerCrashRedelivery's worker process.
+func TestMain(m *testing.M) {
+	if os.Getenv(helperEnv) == "1" {
+		fmt.Fprintln(os.Stderr, helperWorker())
+		os.Exit(1)
+	}
+	os.Exit(redistest.Run(m))
+}
