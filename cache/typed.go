@@ -648,12 +648,12 @@ func (c *Cache[T]) loadAndFill(ctx context.Context, rk rkey, cl *call[T], token,
 		fa.negative = true
 		fa.soft, fa.hard = o.negTTL, o.negTTL
 	} else {
-		data, err := c.encode(rk, v)
+		data, size, err := c.encode(rk, v)
 		if err != nil {
 			c.releaseLease(ctx, rk, token)
 			return zero, Meta{}, fmt.Errorf("%w: encode: %w", ErrCodec, err), false
 		}
-		if len(data) > MaxValueSize {
+		if size > MaxValueSize {
 			c.releaseLease(ctx, rk, token)
 			return v, Meta{CachedAt: c.s.now(), Source: SourceLoader}, nil, false
 		}
@@ -780,22 +780,21 @@ func (c *Cache[T]) fill(ctx context.Context, key, token string, v T, opts []Opti
 	if err != nil {
 		return err
 	}
-	data, err := c.codec.Encode(v)
+	if c.s.cfgErr != nil {
+		return c.s.cfgErr
+	}
+	rk := c.rk(key)
+	data, size, err := c.encode(rk, v)
 	if err != nil {
 		return fmt.Errorf("%w: encode: %w", ErrCodec, err)
 	}
-	if len(data) > MaxValueSize {
-		return fmt.Errorf("%w: value of %d bytes (max %d)", ErrInvalidArgument, len(data), MaxValueSize)
-	}
-	data = c.seal(key, data)
-	if c.s.cfgErr != nil {
-		return c.s.cfgErr
+	if size > MaxValueSize {
+		return fmt.Errorf("%w: value of %d bytes (max %d)", ErrInvalidArgument, size, MaxValueSize)
 	}
 	vers, err := c.s.currentVersions(ctx, tks)
 	if err != nil {
 		return err
 	}
-	rk := c.rk(key)
 	op := "set"
 	if token != "" {
 		op = "fill"
@@ -1046,22 +1045,13 @@ func (c *Cache[T]) Lease(ctx context.Context, key string, wait time.Duration, op
 }
 
 // encode encodes v for rk's entry: the codec's bytes, sealed when the Store
-// has a Keyring.
-func (c *Cache[T]) encode(rk rkey, v T) ([]byte, error) {
-	data, err := c.codec.Encode(v)
+// has a Keyring, and their size before sealing (what MaxValueSize bounds).
+func (c *Cache[T]) encode(rk rkey, v T) (data []byte, size int, err error) {
+	plain, err := c.codec.Encode(v)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return c.s.keyring.Seal(data, []byte(rk.value)), nil
-}
-
-// seal seals the encoded value of key (nothing when the Store has no
-// Keyring).
-func (c *Cache[T]) seal(key string, data []byte) []byte {
-	if c.s.keyring == nil {
-		return data
-	}
-	return c.s.keyring.Seal(data, []byte(c.rk(key).value))
+	return c.s.keyring.Seal(plain, []byte(rk.value)), len(plain), nil
 }
 
 // decode opens (when the Store has a Keyring) and decodes rk's stored bytes.
