@@ -106,18 +106,24 @@ func cacheFlags() (cacheConfig, error) {
 	return cc, nil
 }
 
+// splitOnly splits the -only list into the benchmarks of one family and the
+// rest, each in -only order.
+func splitOnly(only, family []string) (in, rest []string) {
+	for _, b := range only {
+		if slices.Contains(family, b) {
+			in = append(in, b)
+		} else {
+			rest = append(rest, b)
+		}
+	}
+	return in, rest
+}
+
 // runAll runs the selected benchmarks, the rate-limiter and lock cells
 // through run and the cache cells through runCache, and returns the report.
 // On an error it returns what it has rendered so far.
 func runAll(ctx context.Context, cfg config, cc cacheConfig) (string, error) {
-	var other, caches []string
-	for _, b := range cfg.only {
-		if slices.Contains(cacheBenches, b) {
-			caches = append(caches, b)
-		} else {
-			other = append(other, b)
-		}
-	}
+	caches, other := splitOnly(cfg.only, cacheBenches)
 	var out strings.Builder
 	if len(other) > 0 {
 		c := cfg

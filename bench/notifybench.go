@@ -85,14 +85,7 @@ func notifyFlags() (notifyConfig, error) {
 // runAllWithNotify runs the notify cells itself and everything else through
 // runAll (cachebench.go), and returns both reports.
 func runAllWithNotify(ctx context.Context, cfg config, cc cacheConfig) (string, error) {
-	var other, notifies []string
-	for _, b := range cfg.only {
-		if slices.Contains(notifyBenches, b) {
-			notifies = append(notifies, b)
-		} else {
-			other = append(other, b)
-		}
-	}
+	notifies, other := splitOnly(cfg.only, notifyBenches)
 	var out strings.Builder
 	if len(other) > 0 {
 		c := cfg
