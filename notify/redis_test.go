@@ -207,41 +207,24 @@ func TestRedisFailClosed(t *testing.T) {
 
 	srv.Stop(t)
 
-	calls := []struct {
-		name string
-		call func() error
-	}{
-		{"Enqueue", func() error { _, err := q.Enqueue(ctxb, note("u", "during")); return err }},
-		{"EnqueueMany", func() error {
+	calls := []testutil.Call{
+		testutil.C("Enqueue", func() error { _, err := q.Enqueue(ctxb, note("u", "during")); return err }),
+		testutil.C("EnqueueMany", func() error {
 			_, err := q.EnqueueMany(ctxb, []Notification{note("u", "m1"), note("v", "m2")})
 			return err
-		}},
-		{"Pending", func() error { _, err := q.Pending(ctxb, "u", 1); return err }},
-		{"Remove", func() error { _, err := q.Remove(ctxb, "u", "x"); return err }},
-		{"Cancel", func() error { return q.Cancel(ctxb, "u", "x") }},
-		{"Stats", func() error { _, err := q.Stats(ctxb); return err }},
-		{"ListDead", func() error { _, err := q.ListDead(ctxb, 1); return err }},
-		{"RequeueDead", func() error { return q.RequeueDead(ctxb, "u", "x") }},
-		{"Claim", func() error { _, err := q.Claim(ctxb, 1, 1); return err }},
-		{"Ack", func() error { _, err := q.Ack(ctxb, b[0], "before"); return err }},
-		{"Nack", func() error { _, err := q.Nack(ctxb, b[0], Failure{ID: "before"}); return err }},
-		{"Extend", func() error { return q.Extend(ctxb, &b[0]) }},
+		}),
+		testutil.C("Pending", func() error { _, err := q.Pending(ctxb, "u", 1); return err }),
+		testutil.C("Remove", func() error { _, err := q.Remove(ctxb, "u", "x"); return err }),
+		testutil.C("Cancel", func() error { return q.Cancel(ctxb, "u", "x") }),
+		testutil.C("Stats", func() error { _, err := q.Stats(ctxb); return err }),
+		testutil.C("ListDead", func() error { _, err := q.ListDead(ctxb, 1); return err }),
+		testutil.C("RequeueDead", func() error { return q.RequeueDead(ctxb, "u", "x") }),
+		testutil.C("Claim", func() error { _, err := q.Claim(ctxb, 1, 1); return err }),
+		testutil.C("Ack", func() error { _, err := q.Ack(ctxb, b[0], "before"); return err }),
+		testutil.C("Nack", func() error { _, err := q.Nack(ctxb, b[0], Failure{ID: "before"}); return err }),
+		testutil.C("Extend", func() error { return q.Extend(ctxb, &b[0]) }),
 	}
-	var slowest time.Duration
-	for round := range 2 {
-		for _, c := range calls {
-			start := time.Now()
-			err := c.call()
-			el := time.Since(start)
-			slowest = max(slowest, el)
-			if !errors.Is(err, ErrBackend) {
-				t.Fatalf("round %d: %s with Redis down: %v, want an error wrapping ErrBackend", round, c.name, err)
-			}
-			if el > bound {
-				t.Fatalf("%s with Redis down took %v, want within %v", c.name, el, bound)
-			}
-		}
-	}
+	slowest := testutil.FailClosed(t, 2, calls, ErrBackend, bound)
 	t.Logf("slowest call with Redis down: %v (timeout %v)", slowest, timeout)
 
 	// Restart: the same Queue works again, without being rebuilt. (The

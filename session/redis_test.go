@@ -413,38 +413,21 @@ func TestRedisFailClosed(t *testing.T) {
 
 	srv.Stop(t)
 
-	calls := []struct {
-		name string
-		call func() error
-	}{
-		{"Get", func() error { _, err := s.Get(ctxb, "s"); return err }},
-		{"Create", func() error { _, err := s.Create(ctxb, "t", newSession("u")); return err }},
-		{"Update", func() error { _, err := s.Update(ctxb, "s", Update{Roles: []string{"x"}}); return err }},
-		{"Delete", func() error { return s.Delete(ctxb, "s") }},
-		{"Rotate", func() error { _, err := s.Rotate(ctxb, "s", "s2"); return err }},
-		{"List", func() error { _, err := s.List(ctxb, "u"); return err }},
-		{"RevokeUser", func() error { _, err := s.RevokeUser(ctxb, "u"); return err }},
-		{"SetUserRoles", func() error { _, err := s.SetUserRoles(ctxb, "u", nil); return err }},
+	calls := []testutil.Call{
+		testutil.C("Get", func() error { _, err := s.Get(ctxb, "s"); return err }),
+		testutil.C("Create", func() error { _, err := s.Create(ctxb, "t", newSession("u")); return err }),
+		testutil.C("Update", func() error { _, err := s.Update(ctxb, "s", Update{Roles: []string{"x"}}); return err }),
+		testutil.C("Delete", func() error { return s.Delete(ctxb, "s") }),
+		testutil.C("Rotate", func() error { _, err := s.Rotate(ctxb, "s", "s2"); return err }),
+		testutil.C("List", func() error { _, err := s.List(ctxb, "u"); return err }),
+		testutil.C("RevokeUser", func() error { _, err := s.RevokeUser(ctxb, "u"); return err }),
+		testutil.C("SetUserRoles", func() error { _, err := s.SetUserRoles(ctxb, "u", nil); return err }),
 		// Last: the client drops its local cache when it sees the
 		// connection close, which the calls above make sure of.
-		{"Touch", func() error { return s.Touch(ctxb, "s") }},
-		{"HasRole", func() error { _, err := s.HasRole(ctxb, "s", "patient"); return err }},
+		testutil.C("Touch", func() error { return s.Touch(ctxb, "s") }),
+		testutil.C("HasRole", func() error { _, err := s.HasRole(ctxb, "s", "patient"); return err }),
 	}
-	var slowest time.Duration
-	for round := range 3 {
-		for _, c := range calls {
-			start := time.Now()
-			err := c.call()
-			el := time.Since(start)
-			slowest = max(slowest, el)
-			if !errors.Is(err, ErrBackend) {
-				t.Fatalf("round %d: %s with Redis down: %v, want an error wrapping ErrBackend", round, c.name, err)
-			}
-			if el > bound {
-				t.Fatalf("%s with Redis down took %v, want within %v", c.name, el, bound)
-			}
-		}
-	}
+	slowest := testutil.FailClosed(t, 3, calls, ErrBackend, bound)
 	t.Logf("slowest call with Redis down: %v (timeout %v)", slowest, timeout)
 
 	// Restart: the same Store works again. The server kept nothing, and

@@ -140,36 +140,19 @@ func TestRedisFailClosed(t *testing.T) {
 
 	srv.Stop(t)
 
-	calls := []struct {
-		name string
-		call func() error
-	}{
-		{"Take", func() error { _, err := s.Take(ctxb, "ns", "k"); return err }},
-		{"Consume", func() error { _, err := s.Consume(ctxb, "p", tok); return err }},
-		{"Put", func() error { _, err := s.Put(ctxb, "ns", "k2", []byte("v"), time.Hour); return err }},
-		{"PutIfAbsent", func() error { _, err := s.PutIfAbsent(ctxb, "ns", "k3", []byte("v"), time.Hour); return err }},
-		{"Get", func() error { _, err := s.Get(ctxb, "ns", "k"); return err }},
-		{"Delete", func() error { return s.Delete(ctxb, "ns", "k") }},
-		{"Issue", func() error { _, _, err := s.Issue(ctxb, "p", nil, time.Hour); return err }},
-		{"Begin", func() error { _, err := s.Begin(ctxb, "idem2", "", time.Hour); return err }},
-		{"Complete", func() error { return s.Complete(ctxb, "idem", []byte("r"), 0) }},
-		{"Fail", func() error { return s.Fail(ctxb, "idem") }},
+	calls := []testutil.Call{
+		testutil.C("Take", func() error { _, err := s.Take(ctxb, "ns", "k"); return err }),
+		testutil.C("Consume", func() error { _, err := s.Consume(ctxb, "p", tok); return err }),
+		testutil.C("Put", func() error { _, err := s.Put(ctxb, "ns", "k2", []byte("v"), time.Hour); return err }),
+		testutil.C("PutIfAbsent", func() error { _, err := s.PutIfAbsent(ctxb, "ns", "k3", []byte("v"), time.Hour); return err }),
+		testutil.C("Get", func() error { _, err := s.Get(ctxb, "ns", "k"); return err }),
+		testutil.C("Delete", func() error { return s.Delete(ctxb, "ns", "k") }),
+		testutil.C("Issue", func() error { _, _, err := s.Issue(ctxb, "p", nil, time.Hour); return err }),
+		testutil.C("Begin", func() error { _, err := s.Begin(ctxb, "idem2", "", time.Hour); return err }),
+		testutil.C("Complete", func() error { return s.Complete(ctxb, "idem", []byte("r"), 0) }),
+		testutil.C("Fail", func() error { return s.Fail(ctxb, "idem") }),
 	}
-	var slowest time.Duration
-	for round := range 3 {
-		for _, c := range calls {
-			start := time.Now()
-			err := c.call()
-			el := time.Since(start)
-			slowest = max(slowest, el)
-			if !errors.Is(err, ErrBackend) {
-				t.Fatalf("round %d: %s with Redis down: %v, want an error wrapping ErrBackend", round, c.name, err)
-			}
-			if el > bound {
-				t.Fatalf("%s with Redis down took %v, want within %v", c.name, el, bound)
-			}
-		}
-	}
+	slowest := testutil.FailClosed(t, 3, calls, ErrBackend, bound)
 	newReq := func() *http.Request {
 		req := httptest.NewRequest(http.MethodPost, "/pay", strings.NewReader("{}"))
 		req.Header.Set(IdempotencyKeyHeader, `"k1"`)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/elevacare/eleva-redis/internal/seal"
 )
@@ -47,3 +48,35 @@ func Keyring(t testing.TB, spec ...string) *seal.Keyring {
 	}
 	return k
 }
+
+// Call is one named call of a fail-closed check.
+type Call struct {
+	Name string
+	Call func() error
+}
+
+// FailClosed runs every call rounds times, in order, and fails t unless each
+// returns an error wrapping want within bound. It returns the slowest call's
+// duration, for the test's log.
+func FailClosed(t testing.TB, rounds int, calls []Call, want error, bound time.Duration) time.Duration {
+	t.Helper()
+	var slowest time.Duration
+	for round := range rounds {
+		for _, c := range calls {
+			start := time.Now()
+			err := c.Call()
+			el := time.Since(start)
+			slowest = max(slowest, el)
+			if !errors.Is(err, want) {
+				t.Fatalf("round %d: %s with Redis down: %v, want an error wrapping %v", round, c.Name, err, want)
+			}
+			if el > bound {
+				t.Fatalf("%s with Redis down took %v, want within %v", c.Name, el, bound)
+			}
+		}
+	}
+	return slowest
+}
+
+// C names a call for FailClosed.
+func C(name string, call func() error) Call { return Call{Name: name, Call: call} }
