@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +27,8 @@ const (
 	helperPrefix = "ELEVA_NOTIFY_HELPER_PREFIX"
 	helperNovu   = "ELEVA_NOTIFY_HELPER_NOVU"
 	helperLease  = "ELEVA_NOTIFY_HELPER_LEASE"
+	// helperExtend, when set, is the worker's WorkerConfig.ExtendEvery.
+	helperExtend = "ELEVA_NOTIFY_HELPER_EXTEND"
 )
 
 // helperWorker is the worker process that TestWorkerCrashRedelivery starts
@@ -48,7 +53,13 @@ func helperWorker() error {
 	if err != nil {
 		return err
 	}
-	err = NewWorker(q, s, WorkerConfig{}).Run(context.Background())
+	var wcfg WorkerConfig
+	if e := os.Getenv(helperExtend); e != "" {
+		if wcfg.ExtendEvery, err = time.ParseDuration(e); err != nil {
+			return err
+		}
+	}
+	err = NewWorker(q, s, wcfg).Run(context.Background())
 	return fmt.Errorf("the worker's Run returned: %v", err)
 }
 
@@ -82,39 +93,18 @@ func TestWorkerCrashRedelivery(t *testing.T) {
 			for _, id := range []string{"n1", "n2", "n3"} {
 				testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: id, UserID: "patient-1", Type: "reminder"}))
 			}
-			var out bytes.Buffer
-			var outMu sync.Mutex
-			output := func() string { outMu.Lock(); defer outMu.Unlock(); return out.String() }
-			cmd := exec.Command(os.Args[0]) // TestMain runs helperWorker
-			cmd.Env = append(os.Environ(), helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix,
-				helperNovu+"="+fake.srv.URL, helperLease+"="+lease.String())
-			cmd.Stdout = lockedWriter{&outMu, &out}
-			cmd.Stderr = cmd.Stdout
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			exited := false
-			t.Cleanup(func() {
-				if !exited {
-					_ = cmd.Process.Kill()
-					_ = cmd.Wait()
-				}
-			})
+			proc := startWorkerProcess(t, url, prefix, fake.srv.URL, lease)
 			select {
 			case <-held:
 			case <-time.After(20 * time.Second):
-				t.Fatalf("the worker process never sent the batch; its output:\n%s", output())
+				t.Fatalf("the worker process never sent the batch; its output:\n%s", proc.output())
 			}
 			for _, id := range []string{"n1", "n2", "n3"} {
 				if a := fake.acceptedCount(id); a != 1 {
 					t.Fatalf("before the kill: %s accepted %d times", id, a)
 				}
 			}
-			if err := cmd.Process.Kill(); err != nil { // SIGKILL
-				t.Fatal(err)
-			}
-			_ = cmd.Wait()
-			exited = true
+			proc.kill(t)
 			killed := time.Now()
 			if s := stats(t, q); s.Inflight != 3 || s.Delivered != 0 {
 				t.Fatalf("after the kill: %+v, want 3 inflight", s)
@@ -137,4 +127,108 @@ func TestWorkerCrashRedelivery(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWorkerSIGSTOP (acceptance 3): a worker process sends a
+// notification and is frozen with SIGSTOP before the answer arrives. Its
+// lease expires; another worker takes the user over and delivers (the
+// same Idempotency-Key: the fake counts one delivery). The first process
+// is resumed with SIGCONT, gets its answer, and its Ack finds the lease
+// taken over (ErrLeaseLost, logged by the worker) and writes nothing: the
+// queue's data and counters are what the second worker left. The frozen
+// worker renews its lease only every minute, so that the fenced call it
+// makes on waking is its Ack, not a renewal.
+func TestWorkerSIGSTOP(t *testing.T) {
+	t.Parallel()
+	const lease = time.Second
+	url, prefix := redistest.URL(t), redistest.Prefix(t)
+	arrived, release := make(chan struct{}), make(chan struct{})
+	var once sync.Once
+	fake := newFakeNovu(t, func(key string, n int) fakeReply {
+		if n == 1 {
+			once.Do(func() { close(arrived) })
+			return fakeReply{accept: true, waitFor: release}
+		}
+		return fakeReply{accept: true}
+	})
+	q := NewRedis(redistest.Client(t, url), quiet(Config{Prefix: prefix, Lease: lease, Timeout: 10 * time.Second}))
+	testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "patient-1", Type: "reminder"}))
+	proc := startWorkerProcess(t, url, prefix, fake.srv.URL, lease, helperExtend+"=1m")
+	select {
+	case <-arrived:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the worker process never sent; its output:\n%s", proc.output())
+	}
+	if err := proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	startWorker(t, NewWorker(NewRedis(redistest.Client(t, url), quiet(Config{Prefix: prefix, Lease: lease, Timeout: 10 * time.Second})),
+		fake.sender(t, 10*time.Second), quietWorker(WorkerConfig{IdleWait: time.Minute})))
+	until(t, "the other worker's delivery", lease+10*time.Second, func() bool { return stats(t, q).Delivered == 1 })
+	before := checkInvariants(t, q)
+	close(release) // the frozen process's answer is waiting in its socket
+	if err := proc.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	until(t, "the resumed worker's lease-lost ack", 20*time.Second, func() bool {
+		return strings.Contains(proc.output(), "worker ack found its lease taken over")
+	})
+	if s := stats(t, q); s != (Stats{Delivered: 1}) {
+		t.Errorf("after the stale ack: %+v, want only the one delivery", s)
+	}
+	if after := checkInvariants(t, q); !maps.Equal(before, after) {
+		t.Errorf("the stale ack changed the queue: %v, then %v", before, after)
+	}
+	if a, r := fake.acceptedCount("n1"), fake.requestCount("n1"); a != 1 || r != 2 {
+		t.Errorf("n1 accepted %d times of %d requests, want once of 2", a, r)
+	}
+}
+
+// workerProcess is a worker in its own process (helperWorker), to be
+// killed with SIGKILL.
+type workerProcess struct {
+	cmd    *exec.Cmd
+	mu     sync.Mutex
+	out    bytes.Buffer
+	exited bool
+}
+
+// startWorkerProcess starts helperWorker on the queue (url, prefix) with
+// the given lease, sending to the fake Novu at novuURL. The process is
+// killed when the test ends, if it is still running.
+func startWorkerProcess(t *testing.T, url, prefix, novuURL string, lease time.Duration, env ...string) *workerProcess {
+	t.Helper()
+	p := &workerProcess{cmd: exec.Command(os.Args[0])} // TestMain runs helperWorker
+	p.cmd.Env = append(os.Environ(), helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix,
+		helperNovu+"="+novuURL, helperLease+"="+lease.String())
+	p.cmd.Env = append(p.cmd.Env, env...)
+	p.cmd.Stdout = lockedWriter{&p.mu, &p.out}
+	p.cmd.Stderr = p.cmd.Stdout
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.kill(t) })
+	return p
+}
+
+// kill sends SIGKILL (once) and waits for the process to exit.
+func (p *workerProcess) kill(t *testing.T) {
+	t.Helper()
+	p.mu.Lock()
+	exited := p.exited
+	p.exited = true
+	p.mu.Unlock()
+	if exited {
+		return
+	}
+	if err := p.cmd.Process.Kill(); err != nil {
+		t.Errorf("kill the worker process: %v", err)
+	}
+	_ = p.cmd.Wait()
+}
+
+func (p *workerProcess) output() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.out.String()
 }

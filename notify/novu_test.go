@@ -26,6 +26,10 @@ type fakeReply struct {
 	waitFor <-chan struct{}
 	// hang (after accepting) never answers: the client times out.
 	hang bool
+	// delay (after accepting) holds the answer for a while: the latency
+	// of a real service, in which a worker can be killed after the send
+	// and before its ack.
+	delay time.Duration
 	// status and retryAfter otherwise.
 	status     int
 	retryAfter string
@@ -116,6 +120,14 @@ func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	switch {
+	case reply.delay > 0:
+		select {
+		case <-time.After(reply.delay):
+		case <-r.Context().Done():
+			return
+		case <-f.closing:
+			return
+		}
 	case reply.hang:
 		select {
 		case <-r.Context().Done():

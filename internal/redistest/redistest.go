@@ -70,7 +70,7 @@ func URL(t testing.TB) string {
 	mu.Lock()
 	defer mu.Unlock()
 	if shared == nil && sharedErr == nil {
-		shared, sharedErr = start(false)
+		shared, sharedErr = start(false, false)
 	}
 	if sharedErr != nil {
 		t.Fatalf("redistest: %v", sharedErr)
@@ -131,6 +131,7 @@ type Server struct {
 	Addr    string
 	dir     string
 	cluster bool
+	aof     bool // appendonly yes, appendfsync always
 	mu      sync.Mutex
 	cmd     *exec.Cmd
 	done    chan struct{}
@@ -140,7 +141,20 @@ type Server struct {
 // when the test ends. Failure tests stop and restart it.
 func NewServer(t testing.TB) *Server {
 	t.Helper()
-	s, err := start(false)
+	s, err := start(false, false)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(s.stop)
+	return s
+}
+
+// NewAOFServer is NewServer with the append-only file on and fsynced before
+// every reply (appendfsync always): a write a client saw succeed survives
+// Stop (SIGKILL) and Start, which reloads the file.
+func NewAOFServer(t testing.TB) *Server {
+	t.Helper()
+	s, err := start(false, true)
 	if err != nil {
 		t.Fatalf("redistest: %v", err)
 	}
@@ -178,7 +192,7 @@ func (s *Server) stop() {
 	<-done
 }
 
-func start(clustered bool) (*Server, error) {
+func start(clustered, aof bool) (*Server, error) {
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort(clustered)
@@ -189,7 +203,7 @@ func start(clustered bool) (*Server, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, cluster: clustered}
+		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir, cluster: clustered, aof: aof}
 		if lastErr = s.launch(); lastErr == nil {
 			return s, nil
 		}
@@ -206,10 +220,17 @@ func (s *Server) launch() error {
 		return fmt.Errorf("%w: %s", exec.ErrNotFound, InstallHint)
 	}
 	_, port, _ := net.SplitHostPort(s.Addr)
+	appendonly := "no"
+	if s.aof {
+		appendonly = "yes"
+	}
 	args := []string{
 		"--port", port, "--bind", "127.0.0.1", "--dir", s.dir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no",
+		"--save", "", "--appendonly", appendonly, "--daemonize", "no",
 		"--logfile", filepath.Join(s.dir, "redis.log"), "--maxclients", "20000",
+	}
+	if s.aof {
+		args = append(args, "--appendfsync", "always")
 	}
 	if s.cluster {
 		args = append(args, "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -301,7 +322,7 @@ func startCluster(n int) ([]*Server, string, error) {
 		return nil, "", err
 	}
 	for i := 0; i < n; i++ {
-		s, err := start(true)
+		s, err := start(true, false)
 		if err != nil {
 			return fail(err)
 		}
