@@ -45,7 +45,13 @@ type fakeNovu struct {
 	closing chan struct{}
 	// script decides each request for a key not accepted yet (n counts
 	// the key's requests); it runs under mu and must not block.
-	script   func(key string, n int) fakeReply
+	script func(key string, n int) fakeReply
+	// bulk, when set, decides each bulk request as a whole (n counts the
+	// bulk requests): a reply with a status answers it without looking at
+	// its events; the zero reply lets script decide each event.
+	bulk     func(n int) fakeReply
+	bulkReqs int
+	bulkKeys []string
 	mu       sync.Mutex
 	accepted map[string]int
 	requests map[string]int
@@ -70,6 +76,10 @@ func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
 	bad := func(format string, args ...any) {
 		f.t.Errorf("fake Novu: "+format, args...)
 		http.Error(w, `{"message":"bad request"}`, http.StatusBadRequest)
+	}
+	if r.Method == http.MethodPost && r.URL.Path == "/v1/events/trigger/bulk" && r.Header.Get("Authorization") == "ApiKey "+fakeNovuKey {
+		f.serveBulk(w, r)
+		return
 	}
 	if r.Method != http.MethodPost || r.URL.Path != "/v1/events/trigger" {
 		bad("%s %s", r.Method, r.URL.Path)
@@ -148,6 +158,70 @@ func (f *fakeNovu) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	w.WriteHeader(http.StatusCreated)
 	fmt.Fprintf(w, `{"data":{"acknowledged":true,"status":"processed","transactionId":%q}}`, key)
+}
+
+// serveBulk plays the bulk trigger: each event is decided like a single
+// trigger of its transactionId (accepted once per id), answered in order
+// with acknowledged true ("processed") or false ("error").
+func (f *fakeNovu) serveBulk(w http.ResponseWriter, r *http.Request) {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	var req struct {
+		Events []NovuEvent `json:"events"`
+	}
+	if err := dec.Decode(&req); err != nil || len(req.Events) == 0 || len(req.Events) > NovuBulkSize {
+		f.t.Errorf("fake Novu bulk: %d events, %v", len(req.Events), err)
+		http.Error(w, `{"message":"bad request"}`, http.StatusBadRequest)
+		return
+	}
+	type ack struct {
+		Acknowledged  bool   `json:"acknowledged"`
+		Status        string `json:"status"`
+		TransactionID string `json:"transactionId"`
+	}
+	var out struct {
+		Data []ack `json:"data"`
+	}
+	f.mu.Lock()
+	f.bulkReqs++
+	f.bulkKeys = append(f.bulkKeys, r.Header.Get("Idempotency-Key"))
+	if f.bulk != nil {
+		if reply := f.bulk(f.bulkReqs); reply.status != 0 {
+			f.mu.Unlock()
+			if reply.retryAfter != "" {
+				w.Header().Set("Retry-After", reply.retryAfter)
+			}
+			w.WriteHeader(reply.status)
+			return
+		}
+	}
+	for _, ev := range req.Events {
+		key := ev.TransactionID
+		f.requests[key]++
+		f.times[key] = append(f.times[key], time.Now())
+		f.bodies[key] = ev
+		ok := f.accepted[key] > 0
+		if !ok {
+			if ok = f.script(key, f.requests[key]).accept; ok {
+				f.accepted[key]++
+			}
+		}
+		a := ack{Acknowledged: ok, Status: "processed", TransactionID: key}
+		if !ok {
+			a.Status = "error"
+		}
+		out.Data = append(out.Data, a)
+	}
+	f.mu.Unlock()
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusCreated)
+	_ = json.NewEncoder(w).Encode(out)
+}
+
+func (f *fakeNovu) bulkCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.bulkReqs
 }
 
 func (f *fakeNovu) acceptedCount(key string) int {
@@ -344,5 +418,163 @@ func TestNewNovuSenderConfig(t *testing.T) {
 	}
 	if _, err := NewNovuSender(NovuConfig{APIKey: "k"}); err != nil {
 		t.Errorf("default base URL: %v", err)
+	}
+}
+
+// TestNovuWorkerBulk: with NovuConfig.Bulk, a claim of 30 users × 5 items
+// sends one full bulk chunk of 100 and the other 50 one by one; each
+// event's answer settles that event only; a whole-request 429 pauses the
+// chunk without using an attempt, a 503 retries it, and a 400 makes each
+// event go alone. Every notification is accepted exactly once.
+func TestNovuWorkerBulk(t *testing.T) {
+	t.Parallel()
+	const users, per = 30, 5
+	cases := []struct {
+		name      string
+		bulk      bool
+		first     fakeReply // the first bulk request's whole answer
+		bad       string    // an id the fake does not acknowledge
+		attempts  int
+		bulkReqs  int // at least
+		maxBulk   int // at most (0: bulkReqs)
+		requests  int // events received, bulk and single (0: no check)
+		bulkItems float64
+	}{
+		{name: "a full chunk in bulk, the rest one by one", bulk: true, attempts: 1, bulkReqs: 1, requests: users * per, bulkItems: 100},
+		{name: "bulk off: every event alone", bulk: false, attempts: 1, bulkReqs: 0, requests: users * per},
+		{name: "an event not acknowledged is dead, only it", bulk: true, bad: "u3-n2", attempts: 3, bulkReqs: 1, requests: users * per},
+		{name: "429 on the chunk pauses it without an attempt", bulk: true, first: fakeReply{status: 429, retryAfter: "1"}, attempts: 1,
+			bulkReqs: 1, requests: users * per},
+		{name: "503 on the chunk retries it", bulk: true, first: fakeReply{status: 503}, attempts: 3, bulkReqs: 1, maxBulk: 2},
+		{name: "400 on the chunk: each event alone", bulk: true, first: fakeReply{status: 400}, attempts: 1, bulkReqs: 1, requests: users * per},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			fake := newFakeNovu(t, func(key string, _ int) fakeReply {
+				if key == c.bad {
+					return fakeReply{status: 400}
+				}
+				return fakeReply{accept: true}
+			})
+			fake.mu.Lock()
+			fake.bulk = func(n int) fakeReply {
+				if n == 1 {
+					return c.first
+				}
+				return fakeReply{}
+			}
+			fake.mu.Unlock()
+			q := NewMemory(quiet(Config{BackoffBase: 20 * time.Millisecond, BackoffCap: 50 * time.Millisecond, MaxAttempts: c.attempts}))
+			var ns []Notification
+			for u := range users {
+				for i := range per {
+					ns = append(ns, Notification{ID: fmt.Sprintf("u%d-n%d", u, i), UserID: fmt.Sprintf("patient-%d", u), Type: "reminder"})
+				}
+			}
+			for _, r := range testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns)) {
+				if r.Err != nil {
+					t.Fatal(r.Err)
+				}
+			}
+			s, err := NewNovuSender(NovuConfig{APIKey: fakeNovuKey, BaseURL: fake.srv.URL, Bulk: c.bulk})
+			if err != nil {
+				t.Fatal(err)
+			}
+			reg := prometheus.NewRegistry()
+			w := NewWorker(q, s, quietWorker(WorkerConfig{Concurrency: users, Registerer: reg}))
+			startWorker(t, w)
+			wantDead := 0
+			if c.bad != "" {
+				wantDead = 1
+			}
+			until(t, "every item settled", 15*time.Second, func() bool {
+				s := stats(t, q)
+				return s.Delivered == int64(len(ns)-wantDead) && s.Dead == int64(wantDead)
+			})
+			for _, n := range ns {
+				want := 1
+				if n.ID == c.bad {
+					want = 0
+				}
+				if a := fake.acceptedCount(n.ID); a != want {
+					t.Errorf("%s accepted %d times, want %d", n.ID, a, want)
+				}
+			}
+			maxBulk := c.maxBulk
+			if maxBulk == 0 {
+				maxBulk = c.bulkReqs
+			}
+			if b := fake.bulkCount(); b < c.bulkReqs || b > maxBulk {
+				t.Errorf("%d bulk requests, want %d to %d", b, c.bulkReqs, maxBulk)
+			}
+			if c.requests > 0 {
+				total := 0
+				for _, n := range ns {
+					total += fake.requestCount(n.ID)
+				}
+				if total != c.requests {
+					t.Errorf("the fake received %d events, want %d", total, c.requests)
+				}
+			}
+			if c.bulkItems > 0 {
+				if v := counterValue(t, w.m.WithLabelValues("bulk_sent")); v != c.bulkItems {
+					t.Errorf("bulk_sent %v, want %v", v, c.bulkItems)
+				}
+			}
+		})
+	}
+}
+
+// TestNovuSendBulkAnswers: SendBulk reads Novu's per-event answers by
+// transactionId, in any order: acknowledged false is permanent for that
+// event only, an event without an answer is retried; the request's
+// Idempotency-Key is the same for the same chunk and differs for another.
+func TestNovuSendBulkAnswers(t *testing.T) {
+	t.Parallel()
+	var keys []string
+	var mu sync.Mutex
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		keys = append(keys, r.Header.Get("Idempotency-Key"))
+		mu.Unlock()
+		w.WriteHeader(http.StatusCreated)
+		// Reversed, "b" not acknowledged, "c" missing.
+		fmt.Fprint(w, `{"data":[{"acknowledged":true,"status":"processed","transactionId":"d"},`+
+			`{"acknowledged":false,"status":"invalid_recipients","transactionId":"b"},`+
+			`{"acknowledged":true,"status":"processed","transactionId":"a"}]}`)
+	}))
+	t.Cleanup(srv.Close)
+	s, err := NewNovuSender(NovuConfig{APIKey: fakeNovuKey, BaseURL: srv.URL, Bulk: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.BulkSize() != NovuBulkSize {
+		t.Fatalf("BulkSize %d", s.BulkSize())
+	}
+	items := func(ids ...string) []BulkItem {
+		var out []BulkItem
+		for _, id := range ids {
+			out = append(out, BulkItem{UserID: "u-" + id, Notification: Notification{ID: id, Type: "t"}})
+		}
+		return out
+	}
+	got := s.SendBulk(ctxb, items("a", "b", "c", "d"))
+	want := []Outcome{OutcomeDelivered, OutcomePermanent, OutcomeRetry, OutcomeDelivered}
+	for i, d := range got {
+		if d.Outcome != want[i] {
+			t.Errorf("item %d: %v (%v), want %v", i, d.Outcome, d.Err, want[i])
+		}
+	}
+	if !strings.Contains(got[1].Err.Error(), "invalid_recipients") {
+		t.Errorf("not acknowledged: %v", got[1].Err)
+	}
+	s.SendBulk(ctxb, items("a", "b", "c", "d"))
+	s.SendBulk(ctxb, items("a", "b", "c", "e"))
+	if len(keys) != 3 || keys[0] != keys[1] || keys[0] == keys[2] || !strings.HasPrefix(keys[0], "bulk-") {
+		t.Errorf("Idempotency-Keys %q: want the same for the same chunk, another for another", keys)
+	}
+	if off, _ := NewNovuSender(NovuConfig{APIKey: fakeNovuKey, BaseURL: srv.URL}); off.BulkSize() != 0 {
+		t.Errorf("bulk off: BulkSize %d", off.BulkSize())
 	}
 }

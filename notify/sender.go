@@ -22,6 +22,25 @@ type Sender interface {
 	Send(ctx context.Context, userID string, items []Notification) []Delivery
 }
 
+// BulkSender is a Sender that can also deliver many users' notifications
+// in one request (Novu's bulk trigger). When one Claim brings at least
+// BulkSize items, the Worker sends them in full chunks of exactly BulkSize
+// items, across users, through SendBulk, and the rest of each user's batch
+// through Send; each item's Delivery is then acked or nacked with its own
+// user's lease, as usual. A BulkSize below 2 turns bulk sending off.
+type BulkSender interface {
+	Sender
+	BulkSize() int
+	// SendBulk returns one Delivery per item, in the order of items.
+	SendBulk(ctx context.Context, items []BulkItem) []Delivery
+}
+
+// BulkItem is one notification of a bulk send, with its user.
+type BulkItem struct {
+	UserID string
+	Notification
+}
+
 // SenderFunc adapts a function to Sender.
 type SenderFunc func(ctx context.Context, userID string, items []Notification) []Delivery
 

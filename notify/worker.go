@@ -101,7 +101,8 @@ func NewWorker(q Queue, s Sender, cfg WorkerConfig) *Worker {
 			Help: "Notifications handled by workers, by outcome: delivered (acked), retried (nacked for a retry), dead (nacked to the " +
 				"dead set), paused (a 429: sent again after the pause, no attempt used), lease_lost (the ack or nack found the lease " +
 				"taken over: another worker sends it), error (the ack or nack failed: sent again after the lease), abandoned (left " +
-				"leased at shutdown: sent again after the lease).",
+				"leased at shutdown: sent again after the lease); bulk_sent counts the items sent in bulk requests (also counted " +
+				"by their outcome).",
 		}, []string{"outcome"}))
 	}
 	return w
@@ -171,12 +172,13 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.idle(ctx, wake, freed)
 			continue
 		}
-		for _, b := range batches {
+		pre := w.sendBulk(ctx, sendCtx, batches)
+		for i, b := range batches {
 			slots <- struct{}{}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				w.handle(ctx, sendCtx, b)
+				w.handle(ctx, sendCtx, b, pre[i])
 				<-slots
 				poke(freed)
 			}()
@@ -305,9 +307,67 @@ func (w *Worker) keepLease(ctx context.Context, b Batch, cancelSend context.Canc
 	return func() { close(done); wg.Wait() }
 }
 
+// sendBulk sends, when the Sender is a BulkSender and the claimed batches
+// hold at least its BulkSize items, full chunks of BulkSize items across
+// users through SendBulk, renewing every batch's lease meanwhile. It
+// returns, per batch, the Deliveries of its items that were in a chunk
+// (nil for none); handle sends the others and settles them all.
+func (w *Worker) sendBulk(runCtx, sendCtx context.Context, batches []Batch) []map[string]Delivery {
+	pre := make([]map[string]Delivery, len(batches))
+	bs, ok := w.s.(BulkSender)
+	if !ok || len(batches) < 2 {
+		return pre
+	}
+	size := bs.BulkSize()
+	total := 0
+	for _, b := range batches {
+		total += len(b.Items)
+	}
+	if size < 2 || total < size || w.pausedFor() > 0 || runCtx.Err() != nil {
+		return pre
+	}
+	type ref struct{ batch, item int }
+	var chunk []BulkItem
+	var refs []ref
+	bctx, cancel := context.WithCancel(sendCtx)
+	defer cancel()
+	// A lost lease does not cancel the chunk (other users' items are in
+	// it): that user's Ack finds the lease lost and changes nothing.
+	for _, b := range batches {
+		defer w.keepLease(bctx, b, func() {})()
+	}
+	full := total / size * size
+	for bi, b := range batches {
+		for ii, n := range b.Items {
+			if len(refs) == full {
+				break
+			}
+			chunk = append(chunk, BulkItem{UserID: b.UserID, Notification: n})
+			refs = append(refs, ref{bi, ii})
+		}
+	}
+	for start := 0; start < len(chunk); start += size {
+		res := bs.SendBulk(bctx, chunk[start:start+size])
+		for k := range size {
+			d := Retry(ErrSenderResults, 0)
+			if k < len(res) && res[k].Outcome != 0 {
+				d = res[k]
+			}
+			r := refs[start+k]
+			if pre[r.batch] == nil {
+				pre[r.batch] = map[string]Delivery{}
+			}
+			pre[r.batch][batches[r.batch].Items[r.item].ID] = d
+		}
+	}
+	w.count("bulk_sent", len(chunk))
+	return pre
+}
+
 // handle sends one batch until every item is acked or nacked, or left
-// leased (shutdown, lost lease).
-func (w *Worker) handle(runCtx, sendCtx context.Context, b Batch) {
+// leased (shutdown, lost lease). pre holds the Deliveries of items that
+// sendBulk has sent already; they are not sent again in the first round.
+func (w *Worker) handle(runCtx, sendCtx context.Context, b Batch, pre map[string]Delivery) {
 	bctx, cancel := context.WithCancel(sendCtx)
 	defer cancel()
 	stop := w.keepLease(bctx, b, cancel)
@@ -324,7 +384,8 @@ func (w *Worker) handle(runCtx, sendCtx context.Context, b Batch) {
 			w.count("abandoned", len(items))
 			return
 		}
-		res := w.s.Send(bctx, b.UserID, items)
+		res := w.send(bctx, b.UserID, items, pre)
+		pre = nil
 		interrupted := bctx.Err() != nil // shutdown timeout or lost lease
 		var acks []string
 		var fails []Failure
@@ -399,6 +460,33 @@ func (w *Worker) handle(runCtx, sendCtx context.Context, b Batch) {
 		}
 		items = held
 	}
+}
+
+// send is the Sender's Send of items, except those with a Delivery in pre.
+func (w *Worker) send(ctx context.Context, userID string, items []Notification, pre map[string]Delivery) []Delivery {
+	if len(pre) == 0 {
+		return w.s.Send(ctx, userID, items)
+	}
+	out := make([]Delivery, len(items))
+	var rest []Notification
+	var at []int
+	for i, n := range items {
+		if d, ok := pre[n.ID]; ok {
+			out[i] = d
+			continue
+		}
+		rest = append(rest, n)
+		at = append(at, i)
+	}
+	if len(rest) > 0 {
+		res := w.s.Send(ctx, userID, rest)
+		for k, i := range at {
+			if k < len(res) {
+				out[i] = res[k]
+			}
+		}
+	}
+	return out
 }
 
 // settled reports whether an ack or nack of n items succeeded, logging

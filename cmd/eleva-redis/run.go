@@ -168,6 +168,7 @@ type config struct {
 	webhookSecret   string
 	novuAPIKey      string
 	novuURL         string
+	novuBulk        bool
 	allowEviction   bool
 }
 
@@ -198,6 +199,7 @@ var envNames = map[string]string{
 	"webhook-secret":         "ELEVA_WEBHOOK_SECRET",
 	"novu-api-key":           "ELEVA_NOVU_API_KEY",
 	"novu-url":               "ELEVA_NOVU_URL",
+	"novu-bulk":              "ELEVA_NOVU_BULK",
 	"allow-eviction":         "ELEVA_NOTIFY_ALLOW_EVICTION",
 }
 
@@ -236,6 +238,8 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.StringVar(&c.webhookSecret, "webhook-secret", "", "`secret` of the webhook sender's HMAC-SHA256 signature (X-Eleva-Signature; required with --notify-sender webhook)")
 	fs.StringVar(&c.novuAPIKey, "novu-api-key", "", "Novu secret `key` (required with --notify-sender novu)")
 	fs.StringVar(&c.novuURL, "novu-url", notify.DefaultNovuURL, "Novu API base `url` (EU region: https://eu.api.novu.co)")
+	fs.BoolVar(&c.novuBulk, "novu-bulk", false, "send full chunks of 100 notifications (across users) in one Novu bulk trigger; a chunk redelivered after a crash\n"+
+		"is usually composed differently, so Novu's per-event answer is then the only guard against a second delivery (docs/notify.md)")
 	fs.BoolVar(&c.allowEviction, "allow-eviction", false, "start on a Redis whose maxmemory-policy is not noeviction (or cannot be read), with a warning;\n"+
 		"an evicted queue key is a lost notification")
 	for name := range envNames {
@@ -359,8 +363,8 @@ func (c config) validateNotify() error {
 	if c.notifySender != senderWebhook && (c.webhookURL != "" || c.webhookSecret != "") {
 		return fmt.Errorf("--webhook-url / --webhook-secret are set but --notify-sender is %s: set --notify-sender webhook, or unset them", c.notifySender)
 	}
-	if c.notifySender != senderNovu && (c.novuAPIKey != "" || c.novuURL != notify.DefaultNovuURL) {
-		return fmt.Errorf("--novu-api-key / --novu-url are set but --notify-sender is %s: set --notify-sender novu, or unset them", c.notifySender)
+	if c.notifySender != senderNovu && (c.novuAPIKey != "" || c.novuURL != notify.DefaultNovuURL || c.novuBulk) {
+		return fmt.Errorf("--novu-api-key / --novu-url / --novu-bulk are set but --notify-sender is %s: set --notify-sender novu, or unset them", c.notifySender)
 	}
 	switch c.notifySender {
 	case senderWebhook:
@@ -390,7 +394,7 @@ func (c config) sender(log *slog.Logger) (notify.Sender, error) {
 	case senderWebhook:
 		return notify.NewWebhookSender(notify.WebhookConfig{URL: c.webhookURL, Secret: []byte(c.webhookSecret)})
 	case senderNovu:
-		return notify.NewNovuSender(notify.NovuConfig{APIKey: c.novuAPIKey, BaseURL: c.novuURL})
+		return notify.NewNovuSender(notify.NovuConfig{APIKey: c.novuAPIKey, BaseURL: c.novuURL, Bulk: c.novuBulk})
 	}
 	return notify.LogSender{Logger: log}, nil
 }

@@ -451,7 +451,8 @@ func TestCommands(t *testing.T) {
 		{"novu without key", nil, map[string]string{"ELEVA_NOTIFY_SENDER": "novu"}, 2, "", "--novu-api-key", ""},
 		{"novu bad url", []string{"--notify-sender", "novu", "--novu-api-key", "nv-hidden", "--novu-url", "api.novu.co"}, nil, 2, "", "--novu-url", "nv-hidden"},
 		{"unknown sender", []string{"--notify-sender", "sms"}, nil, 2, "", `--notify-sender "sms": want log, webhook or novu`, ""},
-		{"novu key without novu sender", nil, map[string]string{"ELEVA_NOVU_API_KEY": "nv-hidden"}, 2, "", "--novu-api-key / --novu-url are set but --notify-sender is log", "nv-hidden"},
+		{"novu key without novu sender", nil, map[string]string{"ELEVA_NOVU_API_KEY": "nv-hidden"}, 2, "", "--novu-api-key / --novu-url / --novu-bulk are set but --notify-sender is log", "nv-hidden"},
+		{"novu bulk without novu sender", []string{"--novu-bulk"}, nil, 2, "", "--novu-bulk are set but --notify-sender is log", ""},
 		{"webhook secret with novu sender", []string{"--notify-sender", "novu", "--novu-api-key", "nv-hidden", "--webhook-secret", "whsec-hidden"}, nil, 2, "", "--webhook-url / --webhook-secret are set but --notify-sender is novu", "hidden"},
 		{"zero notify concurrency", []string{"--notify-concurrency", "0"}, nil, 2, "", "--notify-concurrency must be positive", ""},
 		{"bad no-workers env", nil, map[string]string{"ELEVA_NOTIFY_NO_WORKERS": "maybe"}, 2, "", "ELEVA_NOTIFY_NO_WORKERS", ""},
@@ -499,6 +500,7 @@ func TestFlagWinsOverEnv(t *testing.T) {
 		"ELEVA_NOTIFY_SENDER":             "novu",
 		"ELEVA_NOVU_API_KEY":              "nv-key",
 		"ELEVA_NOVU_URL":                  "https://eu.api.novu.co",
+		"ELEVA_NOVU_BULK":                 "true",
 	})
 	c, err := parseConfig([]string{"--listen", "127.0.0.1:2222", "--max-body-bytes", "4096", "--notify-concurrency", "9"}, e, io.Discard)
 	if err != nil {
@@ -511,8 +513,8 @@ func TestFlagWinsOverEnv(t *testing.T) {
 		c.lockTimeout != 2*time.Second || c.tempTimeout != 3*time.Second || c.encryptionKey != encKey1 {
 		t.Errorf("env not applied: keys=%q timeout=%v instances=%d lock=%v temp=%v", c.keys(), c.rlTimeout, c.localInstances, c.lockTimeout, c.tempTimeout)
 	}
-	if c.notifyConc != 9 || !c.noWorkers || !c.allowEviction || c.notifySender != "novu" || c.novuAPIKey != "nv-key" || c.novuURL != "https://eu.api.novu.co" {
-		t.Errorf("notify settings: concurrency=%d no_workers=%v allow_eviction=%v sender=%q url=%q", c.notifyConc, c.noWorkers, c.allowEviction, c.notifySender, c.novuURL)
+	if c.notifyConc != 9 || !c.noWorkers || !c.allowEviction || c.notifySender != "novu" || c.novuAPIKey != "nv-key" || c.novuURL != "https://eu.api.novu.co" || !c.novuBulk {
+		t.Errorf("notify settings: concurrency=%d no_workers=%v allow_eviction=%v sender=%q url=%q bulk=%v", c.notifyConc, c.noWorkers, c.allowEviction, c.notifySender, c.novuURL, c.novuBulk)
 	}
 	d, err := parseConfig(nil, env(nil), io.Discard)
 	if err != nil {
