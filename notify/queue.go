@@ -196,7 +196,7 @@ func (q *queue) Enqueue(ctx context.Context, n Notification) (Result, error) {
 	}
 	q.m.enqueued(q.kind, r.Created)
 	if r.Created {
-		q.woke(ctx, it.n.ScheduledFor)
+		q.woke()
 	}
 	return r, q.done("enqueue", nil)
 }
@@ -235,7 +235,7 @@ func (q *queue) EnqueueMany(ctx context.Context, ns []Notification) ([]Result, e
 			}
 		}
 		if created {
-			q.woke(ctx, time.Time{})
+			q.woke()
 		}
 	}
 	return out, q.done("enqueue_many", nil)
@@ -332,7 +332,7 @@ func (q *queue) RequeueDead(ctx context.Context, userID, id string) error {
 		err = fmt.Errorf("%w: no dead notification %q of the user", ErrNotFound, id)
 	}
 	if err == nil {
-		q.woke(ctx, time.Time{})
+		q.woke()
 	}
 	return q.done("requeue_dead", err)
 }

@@ -102,6 +102,7 @@ type redisBackend struct {
 	// onScript, when set (tests), sees every script's name and keys before
 	// it is sent.
 	onScript func(name string, keys []string)
+	wake     wakePublisher
 }
 
 var _ backend = (*redisBackend)(nil)

@@ -74,12 +74,12 @@ func poke(c chan struct{}) {
 	}
 }
 
-// woke is called after an Enqueue (due: its ScheduledFor, zero for now),
-// EnqueueMany or RequeueDead that queued something.
-func (q *queue) woke(ctx context.Context, due time.Time) {
+// woke is called after an Enqueue, EnqueueMany or RequeueDead that queued
+// something.
+func (q *queue) woke() {
 	q.hub.signal()
 	if r, ok := q.b.(*redisBackend); ok {
-		r.publishWake(ctx, due)
+		r.publishWake()
 	}
 }
 
@@ -167,15 +167,55 @@ func (m *memoryBackend) nextDue() (time.Duration, bool) {
 func (r *redisBackend) wakeChannel() string { return r.kb.RawKey(keyCapability, "wake") }
 
 // publishWake tells the workers of every instance that something was
-// queued. It is best effort: the enqueue already happened, and a lost
-// wake-up only delays delivery to the next timer or IdleWait.
-func (r *redisBackend) publishWake(ctx context.Context, due time.Time) {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), r.timeout)
+// queued, without waiting: the PUBLISH is sent by wakePublisher, at most
+// one at a time per queue, so concurrent enqueues share one (each
+// enqueue's item is in Redis before the PUBLISH that follows it is sent).
+// It is best effort: the enqueue already happened, and a lost wake-up only
+// delays delivery to the next timer or IdleWait.
+func (r *redisBackend) publishWake() { r.wake.request(r.sendWake) }
+
+func (r *redisBackend) sendWake() {
+	ctx, cancel := context.WithTimeout(context.Background(), r.timeout)
 	defer cancel()
-	err := r.client.Do(cctx, r.client.B().Publish().Channel(r.wakeChannel()).Message(msOf(due)).Build()).Error()
+	err := r.client.Do(ctx, r.client.B().Publish().Channel(r.wakeChannel()).Message("1").Build()).Error()
 	if err != nil {
 		r.log.Log(slog.LevelWarn, "notify: wake-up publish failed (workers find the item on their next timer)", "err", err.Error())
 	}
+}
+
+// wakePublisher coalesces wake-ups: request starts a sender goroutine
+// unless one is running, in which case it only marks another send as
+// needed; the goroutine sends again while that mark is set, then exits.
+// So a request is always followed by a send that starts after it, and
+// under load one PUBLISH in flight carries many enqueues' wake-ups.
+type wakePublisher struct {
+	mu      sync.Mutex
+	running bool
+	again   bool
+}
+
+func (w *wakePublisher) request(send func()) {
+	w.mu.Lock()
+	if w.running {
+		w.again = true
+		w.mu.Unlock()
+		return
+	}
+	w.running = true
+	w.mu.Unlock()
+	go func() {
+		for {
+			send()
+			w.mu.Lock()
+			if !w.again {
+				w.running = false
+				w.mu.Unlock()
+				return
+			}
+			w.again = false
+			w.mu.Unlock()
+		}
+	}()
 }
 
 // nextDue reads the earliest score of every shard's due index and Redis

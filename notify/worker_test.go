@@ -612,3 +612,48 @@ func TestLogSender(t *testing.T) {
 		}
 	}
 }
+
+// TestWakePublisherCoalesces: concurrent requests share sends, and every
+// request is followed by a send that starts after it (a wake-up is never
+// lost to coalescing).
+func TestWakePublisherCoalesces(t *testing.T) {
+	t.Parallel()
+	var w wakePublisher
+	var mu sync.Mutex
+	var requested, sentFor int64 // the last request's number; the newest request a send started after
+	var sends atomic.Int64
+	var seq atomic.Int64
+	send := func() {
+		mu.Lock()
+		sentFor = max(sentFor, requested)
+		mu.Unlock()
+		sends.Add(1)
+		time.Sleep(100 * time.Microsecond) // a PUBLISH's round trip
+	}
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for range 500 {
+				mu.Lock()
+				requested = seq.Add(1)
+				mu.Unlock()
+				w.request(send)
+			}
+		})
+	}
+	wg.Wait()
+	until(t, "the sender to finish", 10*time.Second, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return !w.running
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	if sentFor != requested {
+		t.Fatalf("the last request (%d) was not followed by a send (the last send followed request %d)", requested, sentFor)
+	}
+	if n := sends.Load(); n >= 4000 {
+		t.Errorf("%d sends for 4000 requests: nothing was coalesced", n)
+	}
+	t.Logf("4000 requests, %d sends", sends.Load())
+}
