@@ -40,6 +40,10 @@ const (
 	DefaultMaxEventBytes = 900 << 10
 	// MaxFuture is how far in the future an instant may be (clock skew).
 	MaxFuture = 24 * time.Hour
+	// MaxIncrement bounds the absolute value of one Incr's by (2^50), so a
+	// counter cannot overflow int64 in any realistic use: Redis would refuse
+	// such an increment halfway through the script.
+	MaxIncrement = 1 << 50
 )
 
 // Defaults of Config.
@@ -156,7 +160,8 @@ type Store interface {
 	// counter for the day; both get their TTL (end of the day plus
 	// Config.Retention) in the same atomic step. It returns the day's total
 	// after the increment. ErrInvalidArgument for a bad name, an at older
-	// than the retention or more than MaxFuture ahead; ErrBackend.
+	// than the retention or more than MaxFuture ahead, a by beyond
+	// ±MaxIncrement; ErrBackend.
 	Incr(ctx context.Context, metric string, by int64, at time.Time, opts ...Option) (int64, error)
 	// Series returns one Point per UTC day from from's day to to's day,
 	// inclusive, zeros included; with ForUser, that user's counts.
@@ -225,6 +230,14 @@ func checkName(what, s string) error {
 		return fmt.Errorf("%w: %s is not valid UTF-8", ErrInvalidArgument, what)
 	case strings.IndexFunc(s, unicode.IsControl) >= 0:
 		return fmt.Errorf("%w: %s contains a control character", ErrInvalidArgument, what)
+	}
+	return nil
+}
+
+// checkBy validates an increment.
+func checkBy(by int64) error {
+	if by > MaxIncrement || by < -MaxIncrement {
+		return fmt.Errorf("%w: increment %d outside ±%d", ErrInvalidArgument, by, int64(MaxIncrement))
 	}
 	return nil
 }

@@ -282,6 +282,8 @@ func TestBadInput(t *testing.T) {
 			{"long metric", func() error { _, err := s.Incr(ctxb, long, 1, now); return err }},
 			{"control char", func() error { _, err := s.Incr(ctxb, "a\nb", 1, now); return err }},
 			{"bad utf8", func() error { _, err := s.Incr(ctxb, "a\xffb", 1, now); return err }},
+			{"huge increment", func() error { _, err := s.Incr(ctxb, "m", MaxIncrement+1, now); return err }},
+			{"huge decrement", func() error { _, err := s.Incr(ctxb, "m", -MaxIncrement-1, now); return err }},
 			{"empty user", func() error { _, err := s.Incr(ctxb, "m", 1, now, ForUser("")); return err }},
 			{"too old", func() error { _, err := s.Incr(ctxb, "m", 1, now.Add(-DefaultRetention-2*day)); return err }},
 			{"future", func() error { _, err := s.Incr(ctxb, "m", 1, now.Add(2*day)); return err }},

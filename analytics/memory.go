@@ -82,6 +82,9 @@ func (s *memoryStore) Incr(ctx context.Context, metric string, by int64, at time
 	if err := CheckMetric(metric); err != nil {
 		return 0, err
 	}
+	if err := checkBy(by); err != nil {
+		return 0, err
+	}
 	o, err := resolve(opts)
 	if err != nil {
 		return 0, err
