@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -393,6 +392,3 @@ func backendErr(op string, err error) error {
 	}
 	return fmt.Errorf("%w: %s: %w", ErrBackend, op, err)
 }
-
-// joinComma is strings.Join(ss, ",") (kept for symmetry with the parser).
-func joinComma(ss []string) string { return strings.Join(ss, ",") }

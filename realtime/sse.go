@@ -247,22 +247,22 @@ func (h *sseHandler) stream(ctx context.Context, r *http.Request, w http.Respons
 		for {
 			ev, err := sub.Next(pctx)
 			if err != nil {
+				pingDue := pctx.Err() != nil
 				cancel()
 				switch {
-				case ctx.Err() != nil:
-					return "client"
-				case pctx.Err() != nil:
-					buf = append(buf, ": ping\n\n"...)
-					if !flush() {
-						return "write_error"
-					}
-					break events
 				case errors.Is(err, ErrOverflow):
 					return "overflow"
-				default:
+				case ctx.Err() != nil:
+					return "client"
+				case !pingDue:
 					h.log.Warn("realtime: SSE stream ended by a backend error; the client resumes with Last-Event-ID", "err", err.Error())
 					return "backend_error"
 				}
+				buf = append(buf, ": ping\n\n"...)
+				if !flush() {
+					return "write_error"
+				}
+				break events
 			}
 			// Write this event and whatever else is ready, then flush once.
 			for {
