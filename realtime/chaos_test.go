@@ -168,7 +168,6 @@ func (c *chaosClient) init() {
 	c.pos = make([]Position, len(c.channels))
 }
 
-
 func (c *chaosClient) run(ctx context.Context, ready chan struct{}) {
 	first := true
 	for c.err == nil && c.done < len(c.channels) {

@@ -474,7 +474,10 @@ func TestBadInput(t *testing.T) {
 			{"duplicate", func() error { _, err := b.Subscribe(ctxb, []string{"a", "a"}, nil); return err }},
 			{"since count", func() error { _, err := b.Subscribe(ctxb, []string{"a"}, []Position{{}, {}}); return err }},
 			{"offset without epoch", func() error { _, err := b.Subscribe(ctxb, []string{"a"}, []Position{{Offset: 3}}); return err }},
-			{"bad epoch", func() error { _, err := b.Subscribe(ctxb, []string{"a"}, []Position{{Epoch: "a:b", Offset: 3}}); return err }},
+			{"bad epoch", func() error {
+				_, err := b.Subscribe(ctxb, []string{"a"}, []Position{{Epoch: "a:b", Offset: 3}})
+				return err
+			}},
 			{"status", func() error { _, err := b.SetPresence(ctxb, "x", "away", 0); return err }},
 			{"subject", func() error { _, err := b.SetPresence(ctxb, "", StatusOnline, 0); return err }},
 			{"ttl", func() error { _, err := b.SetPresence(ctxb, "x", StatusOnline, -time.Second); return err }},
