@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names: part of the operations contract (docs/operations.md).
@@ -30,39 +32,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	m := &metrics{
-		ops: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		ops: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricOps,
 			Help: "Cache operations by op (set, fill, invalidate, invalidate_tags, refresh, get, get_or_load, decode) and outcome.",
 		}, []string{"op", "outcome"})),
-		hits: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		hits: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricHits,
 			Help: "Values served from a cache level, by source (local, redis).",
 		}, []string{"source"})),
-		loads: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		loads: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricLoads,
 			Help: "Loader calls by outcome (ok, not_found, error).",
 		}, []string{"outcome"})),
-		backend: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		backend: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricBackend,
 			Help: "Failed or timed-out calls to the shared level, by op; each starts a short back-off.",
 		}, []string{"op"})),
 	}
 	m.hitLocal = m.hits.WithLabelValues(string(SourceLocal))
 	return m
-}
-
-// register registers c, or returns the collector already registered under
-// its name (several stores on one registry add up).
-func register(reg prometheus.Registerer, c *prometheus.CounterVec) *prometheus.CounterVec {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
 
 func (m *metrics) op(op, outcome string) {

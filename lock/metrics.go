@@ -1,10 +1,11 @@
 package lock
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -39,40 +40,25 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		acquire: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		acquire: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricAcquire,
 			Help: "Acquire calls by backend (memory, redis) and outcome: acquired, held (not acquired within the wait), error (backend failure, timeout or cancelled ctx). Invalid input is not counted.",
 		}, []string{"backend", "outcome"})),
-		lost: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		lost: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricLost,
 			Help: "Locks found lost by their holder: a Refresh or Release answered lock_lost (expired or taken over), or Do's watchdog saw a lease expire without a successful refresh. Counted once per lease.",
 		}, []string{"backend"})),
-		wait: register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		wait: promreg.Register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: metricWait,
 			Help: "Time spent in Acquire calls with a Wait option, whatever their outcome.",
 			// 100µs .. ~26s.
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 19),
 		}, []string{"backend"})),
-		backendErrors: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		backendErrors: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: metricBackendErrors,
 			Help: "Failed lock backend calls (timeouts, connection errors, error replies), including failed Pub/Sub subscriptions.",
 		})),
 	}
-}
-
-// register registers c on reg, or returns the collector already registered
-// under the same descriptor. Any other registration error leaves c
-// unregistered: metrics must never stop locking.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
 
 func (m *metrics) acquireInc(backend, outcome string) {

@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -28,29 +30,17 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		ops: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		ops: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricOps,
 			Help: "Notification queue calls by backend (memory, redis), op (enqueue, enqueue_many, pending, remove, cancel, stats, list_dead, " +
 				"requeue_dead, claim, ack, nack, extend) and outcome (ok, invalid, not_found, lease_lost, backend_error, canceled, error).",
 		}, []string{"backend", "op", "outcome"})),
-		items: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		items: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricItems,
 			Help: "Notifications by backend and event: enqueued, duplicate (an id already stored, not queued again), claimed, " +
 				"delivered (acked or removed), failed (nacked: retried or dead).",
 		}, []string{"backend", "event"})),
 	}
-}
-
-func register(reg prometheus.Registerer, c *prometheus.CounterVec) *prometheus.CounterVec {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if old, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-				return old
-			}
-		}
-	}
-	return c
 }
 
 func outcome(err error) string {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // WorkerConfig configures a Worker. The zero value is the documented
@@ -96,7 +98,7 @@ func NewWorker(q Queue, s Sender, cfg WorkerConfig) *Worker {
 		w.lease = qq.cfg.lease()
 	}
 	if cfg.Registerer != nil {
-		w.m = register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
+		w.m = promreg.Register(cfg.Registerer, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricDeliveries,
 			Help: "Notifications handled by workers, by outcome: delivered (acked), retried (nacked for a retry), dead (nacked to the " +
 				"dead set), paused (a 429: sent again after the pause, no attempt used), lease_lost (the ack or nack found the lease " +

@@ -1,10 +1,11 @@
 package ratelimit
 
 import (
-	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -39,19 +40,19 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	if reg == nil {
 		return nil
 	}
-	decisions := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	decisions := promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricDecisions,
 		Help: "Rate-limit decisions by backend (redis, memory), algorithm and outcome (allowed, denied). AllowAll counts each check with the call's outcome; Peek is not counted; degraded decisions are included (and also counted in " + metricDegraded + ").",
 	}, []string{"backend", "algorithm", "outcome"}))
-	degraded := register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+	degraded := promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: metricDegraded,
 		Help: "Rate-limit calls decided by the failure policy (closed, local, open) because the backend failed, timed out or its circuit breaker was open.",
 	}, []string{"policy"}))
-	errs := register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+	errs := promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 		Name: metricBackendErrors,
 		Help: "Failed rate-limit backend calls (timeouts, connection errors, error replies).",
 	}))
-	secs := register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
+	secs := promreg.Register(reg, prometheus.NewHistogram(prometheus.HistogramOpts{
 		Name: metricBackendSeconds,
 		Help: "Latency of rate-limit backend calls (one script call or one pipelined AllowAll), successful or not.",
 		// 100µs .. ~0.8s: a healthy call is well under a millisecond, the
@@ -63,22 +64,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		m.degraded[policyIndex(p)] = degraded.WithLabelValues(string(p))
 	}
 	return m
-}
-
-// register registers c on reg, or returns the collector already registered
-// under the same descriptor. Any other registration error (a collector of the
-// same name with different labels or help) leaves c unregistered: metrics
-// must never stop rate limiting.
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(C); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
 
 // algIndex maps an algorithm to a dense index for pre-resolved counters.

@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -55,36 +57,21 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		ops: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		ops: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricOps,
 			Help: "Session operations by op (create, get, update, touch, has_role, delete, rotate, list, revoke_user, set_user_roles) " +
 				"and outcome (ok, not_found, exists, conflict, invalid, backend_error, canceled, unreadable, error).",
 		}, []string{"op", "outcome"})),
-		touches: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		touches: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricTouches,
 			Help: "Touches of live sessions by result: written (activity stored), skipped_local (throttled by the local cached copy, " +
 				"no round trip), skipped (throttled by the backend).",
 		}, []string{"result"})),
-		cache: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		cache: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricCache,
 			Help: "Reads of HasRole and Touch by result: hit (served from this instance's client-side cache), miss (asked Redis). Redis backend only.",
 		}, []string{"result"})),
 	}
-}
-
-// register registers c, or returns the collector already registered under
-// the same name. Any other error leaves c unregistered: metrics must never
-// stop the store.
-func register(reg prometheus.Registerer, c *prometheus.CounterVec) *prometheus.CounterVec {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if existing, ok := are.ExistingCollector.(*prometheus.CounterVec); ok {
-				return existing
-			}
-		}
-	}
-	return c
 }
 
 func (m *metrics) countOp(op, outcome string) {
