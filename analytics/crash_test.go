@@ -39,7 +39,7 @@ func helperForwarder() error {
 	defer client.Close()
 	s := NewRedis(client, Config{Prefix: os.Getenv(helperPrefix), Timeout: 10 * time.Second})
 	f, err := NewForwarder(s.Buffer(), ForwarderConfig{APIKey: fakeKey, Host: os.Getenv(helperPostHog),
-		Consumer: "doomed", BatchSize: 10, Wait: 50 * time.Millisecond, RequestTimeout: time.Hour})
+		Consumer: "doomed", BatchSize: 10, Concurrency: 1, Wait: 50 * time.Millisecond, RequestTimeout: time.Hour})
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -26,6 +27,7 @@ import (
 const (
 	DefaultHost           = "https://us.i.posthog.com"
 	DefaultBatchSize      = 100
+	DefaultConcurrency    = 4
 	DefaultMaxBatchBytes  = 5 << 20
 	DefaultWait           = time.Second
 	DefaultClaimAfter     = time.Minute
@@ -53,6 +55,9 @@ type ForwarderConfig struct {
 	Consumer string
 	// BatchSize caps the events of one request; 0 means 100.
 	BatchSize int
+	// Concurrency is the number of batches in flight at once (each read,
+	// sent and settled on its own); 0 means 4.
+	Concurrency int
 	// MaxBatchBytes caps one request body; 0 means 5 MiB, at most 20 MB.
 	MaxBatchBytes int
 	// Wait is how long a read waits for new events; 0 means 1s.
@@ -95,7 +100,7 @@ type Forwarder struct {
 	hardCtx   context.Context
 	hardStop  context.CancelFunc // Close's deadline passed
 	done      chan struct{}
-	lastStats time.Time
+	lastStats atomic.Int64 // unix nanoseconds of the last Stats read
 }
 
 // NewForwarder returns a Forwarder on b; Start starts it. ErrInvalidArgument
@@ -115,6 +120,7 @@ func NewForwarder(b Buffer, cfg ForwarderConfig) (*Forwarder, error) {
 		return nil, fmt.Errorf("%w: Host must be an http(s) URL", ErrInvalidArgument)
 	}
 	cfg.BatchSize = orInt(cfg.BatchSize, DefaultBatchSize)
+	cfg.Concurrency = orInt(cfg.Concurrency, DefaultConcurrency)
 	cfg.MaxBatchBytes = min(orInt(cfg.MaxBatchBytes, DefaultMaxBatchBytes), MaxBatchBytesLimit)
 	cfg.Wait = orDur(cfg.Wait, DefaultWait)
 	cfg.ClaimAfter = orDur(cfg.ClaimAfter, DefaultClaimAfter)
@@ -197,6 +203,20 @@ func (f *Forwarder) run() {
 		}
 		cancelRead()
 	}()
+	var wg sync.WaitGroup
+	for range f.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			f.loop(readCtx)
+		}()
+	}
+	wg.Wait()
+}
+
+// loop reads, sends and settles batches until the buffer is drained after
+// Close, or Close's deadline passes.
+func (f *Forwarder) loop(readCtx context.Context) {
 	failures := 0
 	for f.hardCtx.Err() == nil {
 		draining := f.stopping()
@@ -236,10 +256,11 @@ func (f *Forwarder) run() {
 }
 
 func (f *Forwarder) updateStats() {
-	if f.m == nil || time.Since(f.lastStats) < time.Second {
+	last := f.lastStats.Load()
+	now := time.Now().UnixNano()
+	if f.m == nil || now-last < int64(time.Second) || !f.lastStats.CompareAndSwap(last, now) {
 		return
 	}
-	f.lastStats = time.Now()
 	ctx, cancel := context.WithTimeout(f.hardCtx, time.Second)
 	defer cancel()
 	if st, err := f.b.Stats(ctx); err == nil {
