@@ -198,3 +198,23 @@ func TestForwarderConfig(t *testing.T) {
 		t.Errorf("nil buffer: %v", err)
 	}
 }
+
+// TestBackoff: the retry delay doubles from BackoffBase with jitter in its
+// upper half, and is capped at BackoffCap.
+func TestBackoff(t *testing.T) {
+	f, err := NewForwarder(NewMemory(Config{}).Buffer(), ForwarderConfig{APIKey: "k", BackoffBase: 100 * time.Millisecond, BackoffCap: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		attempt int
+		max     time.Duration
+	}{{0, 100 * time.Millisecond}, {1, 200 * time.Millisecond}, {2, 400 * time.Millisecond}, {3, 800 * time.Millisecond},
+		{4, time.Second}, {40, time.Second}, {1000, time.Second}} {
+		for range 100 {
+			if d := f.backoff(c.attempt); d < c.max/2 || d > c.max {
+				t.Fatalf("backoff(%d) = %v, want in [%v, %v]", c.attempt, d, c.max/2, c.max)
+			}
+		}
+	}
+}
