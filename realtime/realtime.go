@@ -279,6 +279,13 @@ func WithQueueSize(n int) SubscribeOption { return func(o *subOpts) { o.queue = 
 // from history (or reset) when the consumer catches up.
 func WithDisconnectOnOverflow() SubscribeOption { return func(o *subOpts) { o.disconnect = true } }
 
+// CheckChannel reports whether ch is a valid channel name (an error wrapping
+// ErrInvalidArgument when not), so that an HTTP layer can name the field.
+func CheckChannel(ch string) error { return checkChannel(ch) }
+
+// CheckSubject is CheckChannel for a presence subject.
+func CheckSubject(s string) error { return checkSubject(s) }
+
 // checkChannel validates a channel name: 1 to MaxChannelLen bytes of valid
 // UTF-8 without control characters or commas (the SSE gateway's separator).
 func checkChannel(ch string) error {

@@ -209,6 +209,9 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // connection must end; it returns the reason.
 func (h *sseHandler) stream(ctx context.Context, r *http.Request, w http.ResponseWriter, sub *Subscription, channels []string) string {
 	rc := http.NewResponseController(w)
+	// The server's ReadTimeout would end the stream: the request is read,
+	// and only the client's going away matters now.
+	_ = rc.SetReadDeadline(time.Time{})
 	hd := w.Header()
 	hd.Set("Content-Type", "text/event-stream")
 	hd.Set("Cache-Control", "no-cache")
