@@ -9,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	fakeclock "github.com/elevacare/eleva-redis/internal/clock"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // TestMemoryFenceRule checks fence = max(previous + 1, now in µs) step by
@@ -186,20 +187,21 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
-		name, label, value string
-		want               float64
+		name   string
+		labels []string
+		want   float64
 	}{
-		{metricAcquire, "outcome", outcomeAcquired, 1},
-		{metricAcquire, "outcome", outcomeHeld, 2},
-		{metricAcquire, "outcome", outcomeError, 1},
-		{metricAcquire, "backend", "memory", 4},
+		{metricAcquire, []string{"outcome", outcomeAcquired}, 1},
+		{metricAcquire, []string{"outcome", outcomeHeld}, 2},
+		{metricAcquire, []string{"outcome", outcomeError}, 1},
+		{metricAcquire, []string{"backend", "memory"}, 4},
 		// The lease's Refresh and Release count once; the token Release,
 		// which knows nothing of the lease, counts once more.
-		{metricLost, "", "", 2},
-		{metricWait, "", "", 1},
+		{metricLost, nil, 2},
+		{metricWait, nil, 1},
 	} {
-		if got := counterValue(t, reg, c.name, c.label, c.value); got != c.want {
-			t.Errorf("%s{%s=%q} = %v, want %v", c.name, c.label, c.value, got, c.want)
+		if got := testutil.Sum(t, reg, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%q = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}
 	// Without a registerer nothing is recorded and nothing breaks.

@@ -11,11 +11,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // redisTargets are the two deployments every Redis-only test runs on.
@@ -178,10 +178,10 @@ func TestRedisFailClosed(t *testing.T) {
 	if closed(lease.Lost()) {
 		t.Error("Lost() closed by backend errors: only a real loss or expiry closes it")
 	}
-	if n := counterValue(t, reg, metricAcquire, "outcome", outcomeError); n != 3 {
+	if n := testutil.Sum(t, reg, metricAcquire, "outcome", outcomeError); n != 3 {
 		t.Errorf("acquire outcome=error counted %v times, want 3", n)
 	}
-	if n := counterValue(t, reg, metricBackendErrors, "", ""); n < 8 {
+	if n := testutil.Sum(t, reg, metricBackendErrors); n < 8 {
 		t.Errorf("backend errors counted %v, want >= 8", n)
 	}
 
@@ -237,7 +237,7 @@ func TestRedisWaitSurvivesReconnect(t *testing.T) {
 		res <- result{le, err}
 	}()
 	deadline := time.Now().Add(5 * time.Second)
-	for counterValue(t, reg, metricBackendErrors, "", "") < 1 {
+	for testutil.Sum(t, reg, metricBackendErrors) < 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the waiting Acquire saw no backend error within 5s of the stop")
 		}
@@ -266,19 +266,31 @@ func TestRedisDoLosesLockWhileRedisDown(t *testing.T) {
 	srv := redistest.NewServer(t)
 	reg := prometheus.NewRegistry()
 	l := newTestRedis(t, redistest.Client(t, srv.URL()), Config{Timeout: 100 * time.Millisecond, Registerer: reg})
-	started := make(chan struct{})
 	var cause error
 	var cancelledAt, expiresAt time.Time
 	done := make(chan error, 1)
-	go func() {
-		done <- Do(context.Background(), l, "job", 300*time.Millisecond, func(ctx context.Context, _ uint64) error {
-			close(started)
-			<-ctx.Done()
-			cancelledAt, cause = time.Now(), context.Cause(ctx)
-			return ctx.Err()
-		})
-	}()
-	<-started
+	// Do's acquire has the 100 ms timeout too; on a loaded machine it may
+	// time out before fn runs: try again (a few times) rather than hang.
+	for attempt := 1; ; attempt++ {
+		started := make(chan struct{})
+		go func() {
+			done <- Do(context.Background(), l, "job", 300*time.Millisecond, func(ctx context.Context, _ uint64) error {
+				close(started)
+				<-ctx.Done()
+				cancelledAt, cause = time.Now(), context.Cause(ctx)
+				return ctx.Err()
+			})
+		}()
+		select {
+		case <-started:
+		case err := <-done:
+			if attempt == 5 {
+				t.Fatalf("Do returned before running fn, 5 times: %v", err)
+			}
+			continue
+		}
+		break
+	}
 	srv.Stop(t)
 	stoppedAt := time.Now()
 	select {
@@ -295,7 +307,7 @@ func TestRedisDoLosesLockWhileRedisDown(t *testing.T) {
 	if cancelledAt.After(expiresAt.Add(2 * time.Second)) {
 		t.Errorf("fn cancelled %v after Redis stopped, want about one ttl (300ms)", cancelledAt.Sub(stoppedAt))
 	}
-	if n := counterValue(t, reg, metricLost, "", ""); n != 1 {
+	if n := testutil.Sum(t, reg, metricLost); n != 1 {
 		t.Errorf("lost counted %v times, want 1", n)
 	}
 }
@@ -466,41 +478,4 @@ func TestRedisBadConfig(t *testing.T) {
 			t.Errorf("%s: Release: %v, want %v", tc.name, err, tc.want)
 		}
 	}
-}
-
-// counterValue sums the samples of the counter name whose label has value
-// (all samples when label is "").
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if label != "" && !hasLabel(m, label, value) {
-				continue
-			}
-			switch {
-			case m.Counter != nil:
-				sum += m.GetCounter().GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.GetHistogram().GetSampleCount())
-			}
-		}
-	}
-	return sum
-}
-
-func hasLabel(m *dto.Metric, name, value string) bool {
-	for _, lp := range m.GetLabel() {
-		if lp.GetName() == name && lp.GetValue() == value {
-			return true
-		}
-	}
-	return false
 }

@@ -116,7 +116,7 @@ func TestRedisHasRoleIsServedLocally(t *testing.T) {
 				}
 			}
 			hmgets := commandCalls(t, admin, "hmget") - before
-			hits := counterValue(t, reg, metricCache, "hit")
+			hits := testutil.Sum(t, reg, metricCache, "result", "hit")
 			if tc.cached && (hmgets > 1 || hits < 99) || !tc.cached && (hmgets != 100 || hits != 0) {
 				t.Fatalf("100 HasRole: %d HMGETs reached Redis, %v cache hits", hmgets, hits)
 			}
@@ -147,28 +147,6 @@ func commandCalls(t *testing.T, admin rueidis.Client, cmd string) int {
 	return 0
 }
 
-// counterValue reads one series of a counter vector with one label.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetValue() == label {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
-}
-
 // TestRedisTouchAvoidsRoundTrips: touches within the interval are answered
 // from the cached copy; Redis sees neither a script nor a read for them.
 func TestRedisTouchAvoidsRoundTrips(t *testing.T) {
@@ -193,7 +171,7 @@ func TestRedisTouchAvoidsRoundTrips(t *testing.T) {
 	}
 	hmgets := commandCalls(t, admin, "hmget")
 	scripts := commandCalls(t, admin, "evalsha") + commandCalls(t, admin, "eval")
-	local := counterValue(t, reg, metricTouches, touchSkippedLocal)
+	local := testutil.Sum(t, reg, metricTouches, "result", touchSkippedLocal)
 	if hmgets > 1 || scripts > 0 || local < 199 {
 		t.Fatalf("200 touches within the interval: %d HMGETs and %d scripts reached Redis, %v skipped locally; want at most 1 read, no script", hmgets, scripts, local)
 	}

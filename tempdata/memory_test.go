@@ -173,7 +173,7 @@ func TestMetrics(t *testing.T) {
 		{opBegin, outcomeMismatch, 1},
 		{opTake, outcomeOK, 0},
 	} {
-		if got := counterValue(t, reg, c.op, c.outcome); got != c.want {
+		if got := testutil.Sum(t, reg, metricOps, "op", c.op, "outcome", c.outcome); got != c.want {
 			t.Errorf("%s{op=%s,outcome=%s} = %v, want %v", metricOps, c.op, c.outcome, got, c.want)
 		}
 	}
@@ -182,29 +182,6 @@ func TestMetrics(t *testing.T) {
 	if outcomeOf(errors.New("x")) != outcomeOther || outcomeOf(nil) != outcomeOK || outcomeOf(fmt.Errorf("%w: x", ErrUnreadable)) != outcomeUnreadable {
 		t.Errorf("outcomeOf misclassifies")
 	}
-}
-
-func counterValue(t *testing.T, reg *prometheus.Registry, op, outcome string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != metricOps {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			if labels["op"] == op && labels["outcome"] == outcome {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
 }
 
 // TestBadConfig checks that an invalid prefix fails every call with
