@@ -46,10 +46,12 @@ FUZZ_TARGETS = \
 	./ratelimit:FuzzClientIP \
 	./cache:FuzzParseEntry ./cache:FuzzTagspec ./cache:FuzzLease \
 	./notify:FuzzParseMeta ./notify:FuzzByStatus \
+	./realtime:FuzzParseEventID ./realtime:FuzzParsePayload ./realtime:FuzzVerifyToken ./realtime:FuzzParsePresence \
 	./tempdata:FuzzDecodeResponse ./tempdata:FuzzParseIdempotencyKey ./tempdata:FuzzParseToken ./tempdata:FuzzConsume \
 	./internal/server:FuzzDecodeAllow ./internal/server:FuzzDecodePolicyAllow ./internal/server:FuzzLocks \
 	./internal/server:FuzzTemp ./internal/server:FuzzTokens ./internal/server:FuzzIdempotency \
-	./internal/server:FuzzSessions ./internal/server:FuzzCache ./internal/server:FuzzNotifications
+	./internal/server:FuzzSessions ./internal/server:FuzzCache ./internal/server:FuzzNotifications ./internal/server:FuzzRealtime \
+	./analytics:FuzzRetryAfter ./analytics:FuzzEvent ./analytics:FuzzMetricName ./internal/server:FuzzAnalytics
 
 fuzz: deps-test
 	@set -e; for t in $(FUZZ_TARGETS); do \

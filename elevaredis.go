@@ -16,11 +16,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/rueidis"
 
+	"github.com/elevacare/eleva-redis/analytics"
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/realtime"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
@@ -96,6 +98,15 @@ type Config struct {
 	// EncryptionKey does not apply to it yet: titles, messages and data are
 	// stored unencrypted.
 	Notify notify.Config
+	// Analytics configures the counters, unique counts and event buffer. Its
+	// Prefix, KeyHashSecret, Registerer and Logger default to the fields
+	// above when empty. The PostHog forwarder is not part of Open (see
+	// analytics.NewForwarder on Eleva.Analytics.Buffer()).
+	Analytics analytics.Config
+	// Realtime configures the real-time broker (channels with history,
+	// presence). Its Prefix, KeyHashSecret, Registerer and Logger default
+	// to the fields above when empty.
+	Realtime realtime.Config
 	// EncryptionKey turns on encryption at rest (AES-256-GCM) of temporary
 	// values, token data and idempotency responses: the ELEVA_ENCRYPTION_KEY
 	// format, comma-separated "kid:base64key" entries (32-byte keys), the
@@ -135,6 +146,12 @@ type Eleva struct {
 	// Notify is the notification queue. Delivery workers are not part of
 	// Open: a worker claims from it.
 	Notify notify.Queue
+	// Analytics keeps day counters, unique counts and the PostHog event
+	// buffer. The forwarder is not part of Open: it reads Analytics.Buffer().
+	Analytics analytics.Store
+	// Realtime publishes channel messages with history and presence, and
+	// feeds realtime.SSEHandler.
+	Realtime realtime.Broker
 
 	client    rueidis.Client // nil on memory
 	target    target
@@ -191,6 +208,10 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	cfg.inherit(&ss.Prefix, &ss.KeyHashSecret, &ss.Registerer, &ss.Logger, logger)
 	nq := cfg.Notify
 	cfg.inherit(&nq.Prefix, &nq.KeyHashSecret, &nq.Registerer, &nq.Logger, logger)
+	an := cfg.Analytics
+	cfg.inherit(&an.Prefix, &an.KeyHashSecret, &an.Registerer, &an.Logger, logger)
+	rt := cfg.Realtime
+	cfg.inherit(&rt.Prefix, &rt.KeyHashSecret, &rt.Registerer, &rt.Logger, logger)
 	// Checked here because the capabilities' constructors have no error
 	// result (a bad prefix would surface on every call instead), and so that
 	// it fails the same way on both backends.
@@ -202,6 +223,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		{"Cache.Prefix", cc.Prefix},
 		{"Session.Prefix", ss.Prefix},
 		{"Notify.Prefix", nq.Prefix},
+		{"Analytics.Prefix", an.Prefix},
+		{"Realtime.Prefix", rt.Prefix},
 	} {
 		if _, err := keys.New(p.prefix, nil); err != nil {
 			return nil, fmt.Errorf("%w: %s: %w", ErrInvalidConfig, p.field, err)
@@ -235,6 +258,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 			Cache:     cache.NewMemoryStore(cc),
 			Sessions:  session.NewMemory(ss),
 			Notify:    notify.NewMemory(nq),
+			Analytics: analytics.NewMemory(an),
+			Realtime:  realtime.NewMemory(rt),
 			keyIDs:    keyIDs,
 		}, nil
 	}
@@ -261,6 +286,11 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 	if !opt.DisableCache {
 		cc.Tracker = tracker
 	}
+	broker, err := realtime.NewRedis(client, rt)
+	if err != nil { // the prefix was checked above; kept for safety
+		client.Close()
+		return nil, fmt.Errorf("%w: Realtime: %w", ErrInvalidConfig, err)
+	}
 	return &Eleva{
 		RateLimit: ratelimit.NewRedis(client, rl),
 		Locks:     lock.NewRedis(client, lk),
@@ -268,6 +298,8 @@ func Open(ctx context.Context, cfg Config) (*Eleva, error) {
 		Cache:     cache.NewRedisStore(client, cc),
 		Sessions:  session.NewRedis(client, ss),
 		Notify:    notify.NewRedis(client, nq),
+		Analytics: analytics.NewRedis(client, an),
+		Realtime:  broker,
 		client:    client,
 		target:    tgt,
 		cacheOff:  opt.DisableCache,
@@ -480,6 +512,9 @@ func (e *Eleva) Close() {
 	e.closeOnce.Do(func() {
 		if e.Cache != nil {
 			e.Cache.Close()
+		}
+		if e.Realtime != nil {
+			_ = e.Realtime.Close()
 		}
 		if e.client != nil {
 			e.client.Close()

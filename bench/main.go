@@ -34,7 +34,8 @@ const (
 )
 
 var allBenches = []string{benchGCRA, benchFixedWindow, benchMemory, benchLock, benchLockContended,
-	benchCacheLocalHit, benchCacheRedisHit, benchCacheZipf, benchNotifyEnqueue, benchNotifyProcess}
+	benchCacheLocalHit, benchCacheRedisHit, benchCacheZipf, benchNotifyEnqueue, benchNotifyProcess,
+	benchAnalyticsCapture, benchAnalyticsIncr}
 
 // Targets of the acceptance item 7.
 const (
@@ -161,7 +162,7 @@ func main() {
 			fatalf(1, "bench: -cpuprofile: %v", err)
 		}
 	}
-	out, err := runAllWithNotify(context.Background(), cfg, cc) // run + render, the cache cells (cachebench.go), the notify cells (notifybench.go)
+	out, err := runAllWithAnalytics(context.Background(), cfg, cc) // run + render, the cache cells (cachebench.go), the notify cells (notifybench.go), the analytics cells (analyticsbench.go)
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}

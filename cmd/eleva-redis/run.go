@@ -21,10 +21,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	elevaredis "github.com/elevacare/eleva-redis"
+	"github.com/elevacare/eleva-redis/analytics"
 	"github.com/elevacare/eleva-redis/internal/server"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/realtime"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
@@ -170,6 +172,14 @@ type config struct {
 	novuURL         string
 	novuBulk        bool
 	allowEviction   bool
+
+	// Analytics and the PostHog forwarder.
+	analyticsTimeout time.Duration
+	posthogKey       string
+	posthogHost      string
+
+	// Real-time.
+	realtimeSecret string
 }
 
 // envNames maps each flag to its environment variable.
@@ -201,12 +211,17 @@ var envNames = map[string]string{
 	"novu-url":               "ELEVA_NOVU_URL",
 	"novu-bulk":              "ELEVA_NOVU_BULK",
 	"allow-eviction":         "ELEVA_NOTIFY_ALLOW_EVICTION",
+	"analytics-timeout":      "ELEVA_ANALYTICS_TIMEOUT",
+	"posthog-api-key":        "ELEVA_POSTHOG_API_KEY",
+	"posthog-host":           "ELEVA_POSTHOG_HOST",
+	"realtime-secret":        "ELEVA_REALTIME_SECRET",
 }
 
 // secretFlags are never echoed in error messages.
 // The webhook URL is one too: it may carry a token or credentials.
 var secretFlags = map[string]bool{"redis-url": true, "api-keys": true, "key-hash-secret": true, "encryption-key": true,
-	"webhook-url": true, "webhook-secret": true, "novu-api-key": true}
+	"webhook-url": true, "webhook-secret": true, "novu-api-key": true, "posthog-api-key": true,
+	"realtime-secret": true}
 
 func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
@@ -240,6 +255,11 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.StringVar(&c.novuURL, "novu-url", notify.DefaultNovuURL, "Novu API base `url` (EU region: https://eu.api.novu.co)")
 	fs.BoolVar(&c.novuBulk, "novu-bulk", false, "send full chunks of 100 notifications (across users) in one Novu bulk trigger; a chunk redelivered after a crash\n"+
 		"is usually composed differently, so Novu's per-event answer is then the only guard against a second delivery (docs/notify.md)")
+	fs.DurationVar(&c.analyticsTimeout, "analytics-timeout", analytics.DefaultTimeout, "bound of each analytics backend call (increments, captures); past it the call fails with 503 and is counted")
+	fs.StringVar(&c.posthogKey, "posthog-api-key", "", "PostHog project `key` (phc_...): when set, serve forwards buffered events to PostHog's /batch/ endpoint")
+	fs.StringVar(&c.posthogHost, "posthog-host", analytics.DefaultHost, "PostHog ingestion host `url` (EU: https://eu.i.posthog.com)")
+	fs.StringVar(&c.realtimeSecret, "realtime-secret", "", "`secret` (at least 32 bytes) signing the browsers' SSE subscription tokens (HS256); every instance needs the same one.\n"+
+		"none: a random secret of this process (tokens die with it and other instances refuse them)")
 	fs.BoolVar(&c.allowEviction, "allow-eviction", false, "start on a Redis whose maxmemory-policy is not noeviction (or cannot be read), with a warning;\n"+
 		"an evicted queue key is a lost notification")
 	for name := range envNames {
@@ -332,6 +352,9 @@ func (c config) validate() error {
 	}
 	if c.shutdownTimeout <= 0 {
 		return fmt.Errorf("--shutdown-timeout must be positive, got %s", c.shutdownTimeout)
+	}
+	if c.realtimeSecret != "" && len(c.realtimeSecret) < realtime.MinSecretLen {
+		return fmt.Errorf("--realtime-secret must be at least %d bytes, got %d", realtime.MinSecretLen, len(c.realtimeSecret))
 	}
 	if err := c.validateNotify(); err != nil {
 		return err
@@ -506,6 +529,7 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Lock:          lock.Config{Timeout: cfg.lockTimeout},
 		Temp:          tempdata.Config{Timeout: cfg.tempTimeout},
 		Session:       session.Config{Timeout: cfg.sessionTimeout, TouchInterval: cfg.sessionTouch},
+		Analytics:     analytics.Config{Timeout: cfg.analyticsTimeout},
 		EncryptionKey: cfg.encryptionKey,
 	})
 	cancel()
@@ -571,6 +595,23 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 				"or --no-workers when apps read the due list themselves")
 		}
 	}
+	// The PostHog forwarder drains the event buffer (a Redis Stream, or the
+	// memory backend's bounded buffer) when a key is configured; never log
+	// the key.
+	var forwarder *analytics.Forwarder
+	if cfg.posthogKey != "" {
+		forwarder, err = analytics.NewForwarder(eleva.Analytics.Buffer(), analytics.ForwarderConfig{
+			APIKey: cfg.posthogKey, Host: cfg.posthogHost, Logger: log, Registerer: registry,
+		})
+		if err != nil {
+			log.Error("cannot build the PostHog forwarder", "error", err.Error())
+			return exitUsage
+		}
+		log.Info("analytics", "timeout", cfg.analyticsTimeout.String(), "posthog_forwarding", "on", "posthog_host", cfg.posthogHost,
+			"buffer", map[bool]string{true: "redis stream (durable)", false: "in-process (lost on exit beyond the shutdown flush)"}[cfg.redisURL != ""])
+	} else {
+		log.Info("analytics", "timeout", cfg.analyticsTimeout.String(), "posthog_forwarding", "off (ELEVA_POSTHOG_API_KEY not set): POST /v1/events only buffers")
+	}
 	if ids := eleva.EncryptionKeyIDs(); len(ids) > 0 {
 		log.Info("encryption at rest on: temporary values, token data, idempotency responses, session device info and preferences and cached values are sealed with AES-256-GCM",
 			"current_key_id", ids[0], "older_key_ids", strings.Join(ids[1:], ","))
@@ -588,6 +629,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		log.Info("no policies file (ELEVA_POLICIES_FILE): /v1/ratelimit/policies is empty")
 	}
 	log.Info("/metrics is served without authentication", "max_body_bytes", cfg.maxBodyBytes)
+	if cfg.realtimeSecret == "" {
+		log.Warn("ELEVA_REALTIME_SECRET not set: SSE subscription tokens are signed with a random secret of this process; they stop working on restart and other instances refuse them")
+	}
 
 	apiHandler := server.New(server.Deps{
 		Limiter:        eleva.RateLimit,
@@ -596,6 +640,9 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		Sessions:       eleva.Sessions,
 		Cache:          eleva.Cache,
 		Notify:         eleva.Notify,
+		Analytics:      eleva.Analytics,
+		Realtime:       eleva.Realtime,
+		RealtimeSecret: []byte(cfg.realtimeSecret),
 		Policies:       policies,
 		OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),
 		APIKeys:        keys,
@@ -667,6 +714,18 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		}
 	}()
 
+	if forwarder != nil {
+		forwarder.Start()
+		defer func() {
+			// Flush what is buffered, bounded by --shutdown-timeout (on
+			// Redis what is left stays in the stream for the next start).
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cfg.shutdownTimeout)
+			defer cancel()
+			if err := forwarder.Close(fctx); err != nil {
+				log.Warn("PostHog forwarder: not every buffered event was sent before the shutdown deadline", "error", err.Error())
+			}
+		}()
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "capabilities", capabilities)

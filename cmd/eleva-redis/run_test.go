@@ -1306,3 +1306,62 @@ func TestServeShutdownStopsWorker(t *testing.T) {
 		}
 	}
 }
+
+// TestServePostHogForwarding: with ELEVA_POSTHOG_API_KEY set, serve runs the
+// forwarder: events accepted by POST /v1/events reach PostHog's /batch/
+// endpoint (the host from ELEVA_POSTHOG_HOST) with the key and their uuids,
+// including those captured just before the shutdown (flushed before run
+// returns). The start-up log says forwarding is on and never holds the key.
+func TestServePostHogForwarding(t *testing.T) {
+	const key = "phc_secret_project_key"
+	var mu sync.Mutex
+	got := map[string]int{}
+	keys := map[string]bool{}
+	fake := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var body struct {
+			APIKey string `json:"api_key"`
+			Batch  []struct {
+				UUID string `json:"uuid"`
+			} `json:"batch"`
+		}
+		if r.URL.Path != "/batch/" || json.NewDecoder(r.Body).Decode(&body) != nil {
+			http.Error(w, "bad", http.StatusBadRequest)
+			return
+		}
+		mu.Lock()
+		keys[body.APIKey] = true
+		for _, e := range body.Batch {
+			got[e.UUID]++
+		}
+		mu.Unlock()
+		_, _ = w.Write([]byte(`{"status":1}`))
+	}))
+	t.Cleanup(fake.Close)
+	in := start(t, map[string]string{"ELEVA_POSTHOG_API_KEY": key, "ELEVA_POSTHOG_HOST": fake.URL})
+	c := &http.Client{Timeout: 10 * time.Second}
+	uuids := []string{"0190a0b0-0000-7000-8000-000000000001", "0190a0b0-0000-7000-8000-000000000002"}
+	for _, u := range uuids {
+		r := call(t, c, "POST", in.base+"/v1/events", `{"events":[{"event":"booked","distinctId":"patient-1","uuid":"`+u+`"}]}`)
+		if r.status != 202 || r.body["accepted"] != float64(1) {
+			t.Fatalf("capture: %d %v", r.status, r.body)
+		}
+	}
+	c.CloseIdleConnections()
+	if code := in.stop(t); code != 0 {
+		t.Fatalf("exit %d:\n%s", code, in.logs)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, u := range uuids {
+		if got[u] != 1 {
+			t.Errorf("uuid %s reached PostHog %d times, want once (flushed at the latest on shutdown)", u, got[u])
+		}
+	}
+	if len(keys) != 1 || !keys[key] {
+		t.Errorf("api keys sent: %v", keys)
+	}
+	logs := in.logs.String()
+	if !strings.Contains(logs, `posthog_forwarding=on`) || strings.Contains(logs, key) {
+		t.Errorf("start-up log must say forwarding is on and never hold the key:\n%s", logs)
+	}
+}

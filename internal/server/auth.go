@@ -78,7 +78,7 @@ func isLoopback(remoteAddr string) bool {
 // requireAuth answers 401 unless the request may call the API.
 func (s *server) requireAuth(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !s.auth.allow(r) {
+		if !s.auth.allow(r) && !subscriptionTokenRequest(r) {
 			msg := "missing or invalid API key (Authorization: Bearer <key>)"
 			if !s.auth.enabled() {
 				msg = "no API keys are configured: only loopback clients may call the API"
@@ -90,4 +90,19 @@ func (s *server) requireAuth(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// subscriptionTokenRequest reports whether r is an SSE request carrying a
+// credential other than an API key (?token=, or a bearer that is not a
+// key): the SSE handler verifies it as a subscription token and answers
+// 401 or 403 itself.
+func subscriptionTokenRequest(r *http.Request) bool {
+	if r.Pattern != sseRoute {
+		return false
+	}
+	if r.URL.Query().Get("token") != "" {
+		return true
+	}
+	_, ok := bearer(r.Header.Get("Authorization"))
+	return ok
 }

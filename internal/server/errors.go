@@ -13,10 +13,12 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/elevacare/eleva-redis/analytics"
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/realtime"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
@@ -25,6 +27,7 @@ import (
 const (
 	codeInvalidArgument  = "invalid_argument"
 	codeUnauthorized     = "unauthorized"
+	codeForbidden        = "forbidden"
 	codeNotFound         = "not_found"
 	codeMethodNotAllowed = "method_not_allowed"
 	codeAlreadyExists    = "already_exists"
@@ -131,6 +134,24 @@ var errorTable = []struct {
 	// Enqueue fails rather than drops: 503 tells the caller that nothing
 	// may have been queued; retrying with the same id is safe.
 	{notify.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+
+	{analytics.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	// Counter writes and captures fail rather than block: the caller decides
+	// whether to retry (the failure is counted in eleva_analytics_errors_total).
+	{analytics.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+	// The memory backend's event buffer is full: the events were dropped
+	// (counted); retrying later may succeed.
+	{analytics.ErrBufferFull, http.StatusServiceUnavailable, codeUnavailable, ""},
+
+	{realtime.ErrInvalidArgument, http.StatusBadRequest, codeInvalidArgument, ""},
+	// A missing, forged or expired subscription token.
+	{realtime.ErrUnauthorized, http.StatusUnauthorized, codeUnauthorized, ""},
+	// A valid token that does not list a requested channel.
+	{realtime.ErrForbidden, http.StatusForbidden, codeForbidden, ""},
+	// Publish fails rather than drops: 503 tells the caller the message may
+	// or may not be published; retrying with an idempotencyKey is safe.
+	{realtime.ErrBackend, http.StatusServiceUnavailable, codeUnavailable, ""},
+	{realtime.ErrClosed, http.StatusServiceUnavailable, codeUnavailable, ""},
 
 	{context.DeadlineExceeded, http.StatusServiceUnavailable, codeUnavailable, ""},
 	{context.Canceled, http.StatusServiceUnavailable, codeUnavailable, ""},

@@ -71,6 +71,21 @@ func routeTable() []route {
 		{http.MethodGet, "/v1/notifications/dead", true, hf((*server).handleNotifyDead)},
 		{http.MethodPost, "/v1/notifications/dead/{id}/requeue", true, hf((*server).handleNotifyRequeue)},
 
+		{http.MethodPost, "/v1/metrics/increment", true, hf((*server).handleMetricIncrement)},
+		{http.MethodGet, "/v1/metrics/{metric}", true, hf((*server).handleMetricSeries)},
+		{http.MethodPost, "/v1/metrics/unique", true, hf((*server).handleMetricUnique)},
+		{http.MethodGet, "/v1/metrics/{metric}/unique", true, hf((*server).handleMetricUniqueCount)},
+		{http.MethodPost, "/v1/events", true, hf((*server).handleEventsCapture)},
+		{http.MethodGet, "/v1/events/stats", true, hf((*server).handleEventsStats)},
+
+		{http.MethodPost, "/v1/channels/{channel}/publish", true, hf((*server).handlePublish)},
+		{http.MethodGet, "/v1/channels/{channel}/history", true, hf((*server).handleHistory)},
+		{http.MethodPost, "/v1/realtime/tokens", true, hf((*server).handleRealtimeToken)},
+		// Also open to a subscription token instead of the API key (auth.go).
+		{http.MethodGet, "/v1/realtime/sse", true, (*server).handleSSE},
+		{http.MethodPut, "/v1/presence/{subject}", true, hf((*server).handlePresenceSet)},
+		{http.MethodGet, "/v1/presence", true, hf((*server).handlePresenceGet)},
+
 		{http.MethodGet, "/healthz", false, hf((*server).handleHealthz)},
 		{http.MethodGet, "/readyz", false, hf((*server).handleReadyz)},
 		// /metrics is unauthenticated like most Prometheus targets: it holds

@@ -23,10 +23,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/elevacare/eleva-redis/analytics"
 	"github.com/elevacare/eleva-redis/cache"
 	"github.com/elevacare/eleva-redis/lock"
 	"github.com/elevacare/eleva-redis/notify"
 	"github.com/elevacare/eleva-redis/ratelimit"
+	"github.com/elevacare/eleva-redis/realtime"
 	"github.com/elevacare/eleva-redis/session"
 	"github.com/elevacare/eleva-redis/tempdata"
 )
@@ -64,6 +66,21 @@ type Deps struct {
 	// Notify serves /v1/notifications and /v1/users/{userId}/notifications.
 	// Required.
 	Notify notify.Queue
+	// Analytics serves /v1/metrics and /v1/events; nil means an in-process
+	// memory store (analytics.NewMemory) of this server alone.
+	Analytics analytics.Store
+	// Realtime serves /v1/channels, /v1/realtime and /v1/presence; nil
+	// means an in-process memory broker (realtime.NewMemory) of this server
+	// alone.
+	Realtime realtime.Broker
+	// RealtimeSecret signs and verifies the subscription tokens of
+	// /v1/realtime (HS256, at least 32 bytes); empty means a random secret
+	// of this process: tokens then die with it and other instances refuse
+	// them.
+	RealtimeSecret []byte
+	// RealtimePing is the SSE ping interval; 0 means
+	// realtime.DefaultPingInterval (15s).
+	RealtimePing time.Duration
 	// Policies are the named policies of /v1/ratelimit/policies; nil means none.
 	Policies ratelimit.Policies
 	// OnBackendError is the limiter's default failure policy, reported by
@@ -98,6 +115,10 @@ type server struct {
 	sessions       session.Store
 	cache          *cache.Cache[json.RawMessage]
 	notify         notify.Queue
+	analytics      analytics.Store
+	realtime       realtime.Broker
+	rtTokens       *realtime.Tokens
+	rtPing         time.Duration
 	policies       ratelimit.Policies
 	onBackendError ratelimit.FailurePolicy
 	auth           authenticator
@@ -138,6 +159,10 @@ func New(deps Deps) http.Handler {
 		sessions:       deps.Sessions,
 		cache:          newHTTPCache(deps.Cache),
 		notify:         deps.Notify,
+		analytics:      deps.Analytics,
+		realtime:       deps.Realtime,
+		rtTokens:       newRealtimeTokens(deps.RealtimeSecret),
+		rtPing:         deps.RealtimePing,
 		policies:       deps.Policies,
 		onBackendError: deps.OnBackendError,
 		auth:           newAuthenticator(deps.APIKeys),
@@ -154,8 +179,14 @@ func New(deps Deps) http.Handler {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	if s.analytics == nil {
+		s.analytics = analytics.NewMemory(analytics.Config{Logger: s.log})
+	}
 	if s.registry == nil {
 		s.registry = prometheus.NewRegistry()
+	}
+	if s.realtime == nil {
+		s.realtime = realtime.NewMemory(realtime.Config{Logger: s.log})
 	}
 	if s.maxBody <= 0 {
 		s.maxBody = DefaultMaxBodyBytes
