@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/redistest"
 )
 
 // Acceptance 1: 100 channels x 1000 sequenced messages published through two
 // instances while SSE clients are cut at random and reconnect with their
-// Last-Event-ID, and (on Redis) while CLIENT KILL TYPE pubsub cuts the
-// instances' Pub/Sub subscriptions. Every client must end with every channel
+// Last-Event-ID, and (on Redis) while CLIENT KILL cuts the instances'
+// Pub/Sub subscriptions (CLIENT LIST TYPE pubsub, this test's connections). Every client must end with every channel
 // it reads at offset 1000, each message received exactly once and in order:
 // history (1000 per channel) covers every gap, so no reset is allowed either.
 func TestSSEChaos(t *testing.T) {
@@ -73,10 +75,16 @@ func TestSSEChaos(t *testing.T) {
 					return
 				case <-time.After(150 * time.Millisecond):
 				}
+				// Only this test's connections: other tests share the server.
 				for _, n := range e.admin.Nodes() {
-					k, err := n.Do(ctxb, n.B().ClientKill().TypePubsub().Build()).AsInt64()
-					if err == nil {
-						kills.Add(k)
+					ids, err := redistest.ClientIDs(ctxb, n, "pubsub", e.clientName)
+					if err != nil {
+						continue
+					}
+					for _, id := range ids {
+						if n.Do(ctxb, n.B().Arbitrary("CLIENT", "KILL", "ID").Args(strconv.FormatInt(id, 10)).Build()).Error() == nil {
+							kills.Add(1)
+						}
 					}
 				}
 			}

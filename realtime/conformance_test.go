@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -35,6 +36,9 @@ type env struct {
 	advance func(d time.Duration)
 	// admin is a client for the failure tests (nil on memory).
 	admin rueidis.Client
+	// clientName names every connection of the brokers' clients, so a
+	// failure test kills only its own (redistest.ClientIDs).
+	clientName string
 }
 
 func (e env) broker(cfg Config) Broker { return e.brokers(cfg, 1)[0] }
@@ -97,9 +101,11 @@ func memoryEnv(t *testing.T) env {
 
 func redisEnv(t *testing.T, url string) env {
 	prefix := redistest.Prefix(t)
+	name := strings.TrimSuffix(prefix, ":")
 	return env{
-		redis: true,
-		url:   url,
+		redis:      true,
+		url:        url,
+		clientName: name,
 		brokers: func(cfg Config, n int) []Broker {
 			cfg = quiet(cfg)
 			cfg.Prefix = prefix
@@ -108,7 +114,7 @@ func redisEnv(t *testing.T, url string) env {
 			}
 			out := make([]Broker, n)
 			for i := range out {
-				b, err := NewRedis(redistest.Client(t, url), cfg)
+				b, err := NewRedis(redistest.ClientNamed(t, url, name), cfg)
 				if err != nil {
 					t.Fatal(err)
 				}

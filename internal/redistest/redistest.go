@@ -100,18 +100,51 @@ func ClusterURL(t testing.TB) string {
 // Client returns a new rueidis client for url, closed when the test ends.
 // Each call makes an independent client: use several to play several
 // application instances.
-func Client(t testing.TB, url string) rueidis.Client {
+func Client(t testing.TB, url string) rueidis.Client { t.Helper(); return ClientNamed(t, url, "") }
+
+// ClientNamed is Client with every connection named (CLIENT SETNAME), so a
+// failure test can kill its own connections (see ClientIDs) without cutting
+// the other tests sharing the server.
+func ClientNamed(t testing.TB, url, name string) rueidis.Client {
 	t.Helper()
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		t.Fatalf("redistest: parse %q: %v", url, err)
 	}
+	opt.ClientName = name
 	c, err := rueidis.NewClient(opt)
 	if err != nil {
 		t.Fatalf("redistest: connect %q: %v", url, err)
 	}
 	t.Cleanup(c.Close)
 	return c
+}
+
+// ClientIDs returns the ids of node's connections named name whose type
+// is typ ("normal", "pubsub"), for CLIENT KILL ID.
+func ClientIDs(ctx context.Context, node rueidis.Client, typ, name string) ([]int64, error) {
+	list, err := node.Do(ctx, node.B().Arbitrary("CLIENT", "LIST", "TYPE", typ).Build()).ToString()
+	if err != nil {
+		return nil, err
+	}
+	var ids []int64
+	for _, line := range strings.Split(list, "\n") {
+		var id int64 = -1
+		named := false
+		for _, f := range strings.Fields(line) {
+			k, v, _ := strings.Cut(f, "=")
+			switch k {
+			case "id":
+				id, _ = strconv.ParseInt(v, 10, 64)
+			case "name":
+				named = v == name
+			}
+		}
+		if named && id >= 0 {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 // Prefix returns a key prefix unique to this test, so tests sharing a server
