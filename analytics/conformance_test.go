@@ -589,9 +589,11 @@ func TestForwarderRetries(t *testing.T) {
 		reg := newRegistry()
 		f := testForwarder(t, s.Buffer(), fake.srv.URL, ForwarderConfig{Registerer: reg})
 		f.Start()
+		// The sent counter moves just after the ack that Stats sees, so
+		// both are waited for; the exact values are checked below.
 		until(t, "the buffer to drain", 20*time.Second, func() bool {
 			st, err := s.Stats(ctxb)
-			return err == nil && st.Buffered == 0 && st.Sent == 30
+			return err == nil && st.Buffered == 0 && st.Sent == 30 && counterValue(t, reg, MetricSent) >= 30
 		})
 		third := time.Now()
 		for _, u := range uuids {
@@ -645,7 +647,7 @@ func TestForwarderDeadLetter(t *testing.T) {
 		testForwarder(t, s.Buffer(), fake.srv.URL, ForwarderConfig{Registerer: reg}).Start()
 		until(t, "the batch to settle", 20*time.Second, func() bool {
 			st, err := s.Stats(ctxb)
-			return err == nil && st.Buffered == 0 && st.Dead == 1 && st.Sent == 9
+			return err == nil && st.Buffered == 0 && st.Dead == 1 && st.Sent == 9 && counterValue(t, reg, MetricDead) >= 1
 		})
 		for i, u := range uuids {
 			want := 1
