@@ -1,16 +1,15 @@
 package analytics
 
 import (
-	"bytes"
 	"net/http"
 	"os"
-	"os/exec"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/elevacare/eleva-redis/internal/testutil"
 	"github.com/redis/rueidis"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
@@ -78,9 +77,9 @@ func TestForwarderKill9(t *testing.T) {
 			select {
 			case <-held:
 			case <-time.After(30 * time.Second):
-				t.Fatalf("the forwarder process never sent a third batch; its output:\n%s", proc.output())
+				t.Fatalf("the forwarder process never sent a third batch; its output:\n%s", proc.Output())
 			}
-			proc.kill(t)
+			proc.Kill(t)
 			st, err := s.Stats(ctxb)
 			if err != nil || st.Sent != 20 || st.Buffered != 30 || st.Retrying != 10 {
 				t.Fatalf("after the kill: %+v %v, want 20 sent, 30 buffered of which 10 unacknowledged", st, err)
@@ -119,56 +118,10 @@ func TestForwarderKill9(t *testing.T) {
 	}
 }
 
-type forwarderProcess struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	out    bytes.Buffer
-	exited bool
-}
-
-type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
-}
-
-func (w lockedWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func startForwarderProcess(t *testing.T, url, prefix, posthog string) *forwarderProcess {
+func startForwarderProcess(t *testing.T, url, prefix, posthog string) *testutil.Process {
 	t.Helper()
-	p := &forwarderProcess{cmd: exec.Command(os.Args[0])} // TestMain runs helperForwarder
-	p.cmd.Env = append(os.Environ(), helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix, helperPostHog+"="+posthog)
-	p.cmd.Stdout = lockedWriter{&p.mu, &p.out}
-	p.cmd.Stderr = p.cmd.Stdout
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.kill(t) })
-	return p
-}
-
-func (p *forwarderProcess) kill(t *testing.T) {
-	t.Helper()
-	p.mu.Lock()
-	exited := p.exited
-	p.exited = true
-	p.mu.Unlock()
-	if exited {
-		return
-	}
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Errorf("kill the forwarder process: %v", err)
-	}
-	_ = p.cmd.Wait()
-}
-
-func (p *forwarderProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	// TestMain runs helperForwarder.
+	return testutil.StartProcess(t, helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix, helperPostHog+"="+posthog)
 }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
@@ -176,41 +129,5 @@ func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
 // counterValue sums every series of the named counter or gauge.
 func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var v float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if !hasLabels(m, labels) {
-				continue
-			}
-			if c := m.GetCounter(); c != nil {
-				v += c.GetValue()
-			}
-			if g := m.GetGauge(); g != nil {
-				v += g.GetValue()
-			}
-		}
-	}
-	return v
-}
-
-func hasLabels(m *dto.Metric, kv []string) bool {
-	for i := 0; i+1 < len(kv); i += 2 {
-		ok := false
-		for _, l := range m.GetLabel() {
-			if l.GetName() == kv[i] && l.GetValue() == kv[i+1] {
-				ok = true
-			}
-		}
-		if !ok {
-			return false
-		}
-	}
-	return true
+	return testutil.Sum(t, reg, name, labels...)
 }

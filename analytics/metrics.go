@@ -4,6 +4,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -34,45 +36,33 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		buffered: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		buffered: promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: MetricBuffered,
 			Help: "Events in the buffer not yet sent to PostHog, as last seen by a forwarder.",
 		})),
-		sent: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		sent: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricSent,
 			Help: "Events PostHog accepted (2xx), sent by this process's forwarders.",
 		})),
-		retried: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		retried: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricRetried,
 			Help: "Event sends that failed with a retryable outcome (5xx, 408, 429, network error) and will be retried, counted per event.",
 		})),
-		dead: register(reg, prometheus.NewCounter(prometheus.CounterOpts{
+		dead: promreg.Register(reg, prometheus.NewCounter(prometheus.CounterOpts{
 			Name: MetricDead,
 			Help: "Events PostHog refused (4xx other than 408 and 429), moved to the dead-letter buffer.",
 		})),
-		dropped: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		dropped: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricDropped,
 			Help: "Events lost before PostHog, by reason: buffer_full (memory buffer), trimmed (Redis stream over StreamCap), " +
 				"capture_error (Capture failed: Redis down or slow), shutdown (memory buffer not drained before the deadline).",
 		}, []string{"reason"})),
-		errs: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		errs: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: MetricErrors,
 			Help: "Failed analytics calls by backend and op (incr, series, unique_add, unique_count, capture, read, ack, dead, stats); " +
 				"a failed incr is a counter write that was dropped.",
 		}, []string{"backend", "op"})),
 	}
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if old, ok := are.ExistingCollector.(C); ok {
-				return old
-			}
-		}
-	}
-	return c
 }
 
 func (m *metrics) fail(backend, op string, err error) {

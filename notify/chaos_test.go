@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // chaosKind is what the chaos run expects of a notification at the end.
@@ -82,7 +83,7 @@ func TestChaos(t *testing.T) {
 
 	// The pool of worker processes; chaos replaces one at random.
 	var poolMu sync.Mutex
-	pool := make([]*workerProcess, workers)
+	pool := make([]*testutil.Process, workers)
 	for i := range pool {
 		pool[i] = startWorkerProcess(t, url, prefix, fake.srv.URL, lease)
 	}
@@ -125,7 +126,7 @@ func TestChaos(t *testing.T) {
 		}
 		i := rand.IntN(workers)
 		poolMu.Lock()
-		pool[i].kill(t)
+		pool[i].Kill(t)
 		pool[i] = startWorkerProcess(t, url, prefix, fake.srv.URL, lease)
 		poolMu.Unlock()
 		kills++
@@ -155,7 +156,7 @@ func TestChaos(t *testing.T) {
 			s.Scheduled == int64(want[chaosFar])
 	})
 	for _, p := range pool {
-		p.kill(t)
+		p.Kill(t)
 	}
 	t.Logf("%d notifications (%d flaky, %d soon, %d bad, %d an hour ahead), %d worker kills, 1 Redis restart, %d enqueue retries",
 		len(ns), want[chaosFlaky], want[chaosSoon], want[chaosBad], want[chaosFar], kills, retries.Load())

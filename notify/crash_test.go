@@ -1,12 +1,10 @@
 package notify
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"maps"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -97,14 +95,14 @@ func TestWorkerCrashRedelivery(t *testing.T) {
 			select {
 			case <-held:
 			case <-time.After(20 * time.Second):
-				t.Fatalf("the worker process never sent the batch; its output:\n%s", proc.output())
+				t.Fatalf("the worker process never sent the batch; its output:\n%s", proc.Output())
 			}
 			for _, id := range []string{"n1", "n2", "n3"} {
 				if a := fake.acceptedCount(id); a != 1 {
 					t.Fatalf("before the kill: %s accepted %d times", id, a)
 				}
 			}
-			proc.kill(t)
+			proc.Kill(t)
 			killed := time.Now()
 			if s := stats(t, q); s.Inflight != 3 || s.Delivered != 0 {
 				t.Fatalf("after the kill: %+v, want 3 inflight", s)
@@ -157,9 +155,9 @@ func TestWorkerSIGSTOP(t *testing.T) {
 	select {
 	case <-arrived:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("the worker process never sent; its output:\n%s", proc.output())
+		t.Fatalf("the worker process never sent; its output:\n%s", proc.Output())
 	}
-	if err := proc.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+	if err := proc.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
 	startWorker(t, NewWorker(NewRedis(redistest.Client(t, url), quiet(Config{Prefix: prefix, Lease: lease, Timeout: 10 * time.Second})),
@@ -167,11 +165,11 @@ func TestWorkerSIGSTOP(t *testing.T) {
 	until(t, "the other worker's delivery", lease+10*time.Second, func() bool { return stats(t, q).Delivered == 1 })
 	before := checkInvariants(t, q)
 	close(release) // the frozen process's answer is waiting in its socket
-	if err := proc.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+	if err := proc.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
 	until(t, "the resumed worker's lease-lost ack", 20*time.Second, func() bool {
-		return strings.Contains(proc.output(), "worker ack found its lease taken over")
+		return strings.Contains(proc.Output(), "worker ack found its lease taken over")
 	})
 	if s := stats(t, q); s != (Stats{Delivered: 1}) {
 		t.Errorf("after the stale ack: %+v, want only the one delivery", s)
@@ -184,51 +182,12 @@ func TestWorkerSIGSTOP(t *testing.T) {
 	}
 }
 
-// workerProcess is a worker in its own process (helperWorker), to be
-// killed with SIGKILL.
-type workerProcess struct {
-	cmd    *exec.Cmd
-	mu     sync.Mutex
-	out    bytes.Buffer
-	exited bool
-}
-
 // startWorkerProcess starts helperWorker on the queue (url, prefix) with
 // the given lease, sending to the fake Novu at novuURL. The process is
 // killed when the test ends, if it is still running.
-func startWorkerProcess(t *testing.T, url, prefix, novuURL string, lease time.Duration, env ...string) *workerProcess {
+func startWorkerProcess(t *testing.T, url, prefix, novuURL string, lease time.Duration, env ...string) *testutil.Process {
 	t.Helper()
-	p := &workerProcess{cmd: exec.Command(os.Args[0])} // TestMain runs helperWorker
-	p.cmd.Env = append(os.Environ(), helperEnv+"=1", helperRedis+"="+url, helperPrefix+"="+prefix,
-		helperNovu+"="+novuURL, helperLease+"="+lease.String())
-	p.cmd.Env = append(p.cmd.Env, env...)
-	p.cmd.Stdout = lockedWriter{&p.mu, &p.out}
-	p.cmd.Stderr = p.cmd.Stdout
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.kill(t) })
-	return p
-}
-
-// kill sends SIGKILL (once) and waits for the process to exit.
-func (p *workerProcess) kill(t *testing.T) {
-	t.Helper()
-	p.mu.Lock()
-	exited := p.exited
-	p.exited = true
-	p.mu.Unlock()
-	if exited {
-		return
-	}
-	if err := p.cmd.Process.Kill(); err != nil {
-		t.Errorf("kill the worker process: %v", err)
-	}
-	_ = p.cmd.Wait()
-}
-
-func (p *workerProcess) output() string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.out.String()
+	// TestMain runs helperWorker.
+	return testutil.StartProcess(t, append([]string{helperEnv + "=1", helperRedis + "=" + url, helperPrefix + "=" + prefix,
+		helperNovu + "=" + novuURL, helperLease + "=" + lease.String()}, env...)...)
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/elevacare/eleva-redis/internal/promreg"
 )
 
 // Metric names. They are part of the operations contract (dashboards and
@@ -32,39 +34,27 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return nil
 	}
 	return &metrics{
-		ops: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		ops: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricOps,
 			Help: "Real-time calls by backend (memory, redis), op (publish, history, subscribe, set_presence, presence) " +
 				"and outcome (ok, invalid, backend_error, canceled, closed, error).",
 		}, []string{"backend", "op", "outcome"})),
-		events: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		events: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricEvents,
 			Help: "Subscription events by backend and event: delivered (live, in order), recovered (read from history to fill a gap), " +
 				"duplicate (dropped, already delivered), reset (gap beyond history or new epoch), overflow (a subscriber queue was full), " +
 				"resubscribed (a lost Pub/Sub subscription was restored and repaired).",
 		}, []string{"backend", "event"})),
-		sseConn: register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
+		sseConn: promreg.Register(reg, prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: metricSSEConnections,
 			Help: "Open SSE connections.",
 		})),
-		sseEnd: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+		sseEnd: promreg.Register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: metricSSEClosed,
 			Help: "SSE streams ended by reason: client (the client went away), overflow (the client did not read fast enough), " +
 				"write_error, token_expired, backend_error, shutdown.",
 		}, []string{"reason"})),
 	}
-}
-
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
-	if err := reg.Register(c); err != nil {
-		var are prometheus.AlreadyRegisteredError
-		if errors.As(err, &are) {
-			if old, ok := are.ExistingCollector.(C); ok {
-				return old
-			}
-		}
-	}
-	return c
 }
 
 func outcome(err error) string {

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/elevacare/eleva-redis/internal/testutil"
 )
@@ -345,33 +344,10 @@ func TestSSETokens(t *testing.T) {
 	})
 }
 
+// counterValue is the sum of name's series with label=value.
 func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if hasLabel(m, label, value) {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
-}
-
-func hasLabel(m *dto.Metric, label, value string) bool {
-	for _, l := range m.GetLabel() {
-		if l.GetName() == label && l.GetValue() == value {
-			return true
-		}
-	}
-	return false
+	return testutil.Sum(t, reg, name, label, value)
 }
 
 // Acceptance 3: a client that never reads is disconnected, and the server's
@@ -418,16 +394,5 @@ func TestSSESlowClientDisconnected(t *testing.T) {
 
 func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	return 0
+	return testutil.Sum(t, reg, name)
 }
