@@ -593,7 +593,7 @@ func TestForwarderRetries(t *testing.T) {
 		// both are waited for; the exact values are checked below.
 		until(t, "the buffer to drain", 20*time.Second, func() bool {
 			st, err := s.Stats(ctxb)
-			return err == nil && st.Buffered == 0 && st.Sent == 30 && counterValue(t, reg, MetricSent) >= 30
+			return err == nil && st.Buffered == 0 && st.Sent == 30 && testutil.Sum(t, reg, MetricSent) >= 30
 		})
 		third := time.Now()
 		for _, u := range uuids {
@@ -610,10 +610,10 @@ func TestForwarderRetries(t *testing.T) {
 		if fake.requestCount() != 3 || third.Sub(retryAfterSeen) < time.Second {
 			t.Fatalf("%d requests; after the 429 the next came %v later, want >= 1s", fake.requestCount(), third.Sub(retryAfterSeen))
 		}
-		if got := counterValue(t, reg, MetricRetried); got != 60 {
+		if got := testutil.Sum(t, reg, MetricRetried); got != 60 {
 			t.Errorf("%s = %v, want 60 (30 events, 2 retries)", MetricRetried, got)
 		}
-		if got := counterValue(t, reg, MetricSent); got != 30 {
+		if got := testutil.Sum(t, reg, MetricSent); got != 30 {
 			t.Errorf("%s = %v, want 30", MetricSent, got)
 		}
 		if !fake.keys[fakeKey] || len(fake.keys) != 1 {
@@ -647,7 +647,7 @@ func TestForwarderDeadLetter(t *testing.T) {
 		testForwarder(t, s.Buffer(), fake.srv.URL, ForwarderConfig{Registerer: reg}).Start()
 		until(t, "the batch to settle", 20*time.Second, func() bool {
 			st, err := s.Stats(ctxb)
-			return err == nil && st.Buffered == 0 && st.Dead == 1 && st.Sent == 9 && counterValue(t, reg, MetricDead) >= 1
+			return err == nil && st.Buffered == 0 && st.Dead == 1 && st.Sent == 9 && testutil.Sum(t, reg, MetricDead) >= 1
 		})
 		for i, u := range uuids {
 			want := 1
@@ -658,7 +658,7 @@ func TestForwarderDeadLetter(t *testing.T) {
 				t.Errorf("event %d accepted %d times, want %d", i, a, want)
 			}
 		}
-		if got := counterValue(t, reg, MetricDead); got != 1 {
+		if got := testutil.Sum(t, reg, MetricDead); got != 1 {
 			t.Errorf("%s = %v, want 1", MetricDead, got)
 		}
 		if e.client != nil {

@@ -125,9 +125,3 @@ func startForwarderProcess(t *testing.T, url, prefix, posthog string) *testutil.
 }
 
 func newRegistry() *prometheus.Registry { return prometheus.NewRegistry() }
-
-// counterValue sums every series of the named counter or gauge.
-func counterValue(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	return testutil.Sum(t, reg, name, labels...)
-}

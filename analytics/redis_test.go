@@ -39,11 +39,11 @@ func TestRedisDown(t *testing.T) {
 		op   string
 		want float64
 	}{{"capture", rounds}, {"incr", rounds}, {"unique_add", rounds}} {
-		if got := counterValue(t, reg, MetricErrors, "backend", "redis", "op", c.op); got != c.want {
+		if got := testutil.Sum(t, reg, MetricErrors, "backend", "redis", "op", c.op); got != c.want {
 			t.Errorf("%s{op=%s} = %v, want %v", MetricErrors, c.op, got, c.want)
 		}
 	}
-	if got := counterValue(t, reg, MetricDropped, "reason", "capture_error"); got != rounds {
+	if got := testutil.Sum(t, reg, MetricDropped, "reason", "capture_error"); got != rounds {
 		t.Errorf("%s{reason=capture_error} = %v, want %v", MetricDropped, got, rounds)
 	}
 	// A caller's own short deadline is honoured too.
@@ -75,7 +75,7 @@ func TestStreamCapTrims(t *testing.T) {
 	if st.Buffered >= 1000 || st.Buffered < 10 || st.Dropped != 1000-st.Buffered {
 		t.Fatalf("stats %+v: want about 10 buffered and the rest dropped", st)
 	}
-	if got := counterValue(t, reg, MetricDropped, "reason", "trimmed"); got != float64(st.Dropped) {
+	if got := testutil.Sum(t, reg, MetricDropped, "reason", "trimmed"); got != float64(st.Dropped) {
 		t.Fatalf("dropped metric %v, stats %d", got, st.Dropped)
 	}
 	ttl, err := client.Do(ctxb, client.B().Pttl().Key(s.(*redisStore).stream).Build()).AsInt64()
@@ -99,7 +99,7 @@ func TestMemoryBufferFull(t *testing.T) {
 	if st := testutil.Must[Stats](t, "Stats")(s.Stats(ctxb)); st.Buffered != 3 || st.Dropped != 2 {
 		t.Fatalf("stats %+v", st)
 	}
-	if got := counterValue(t, reg, MetricDropped, "reason", "buffer_full"); got != 2 {
+	if got := testutil.Sum(t, reg, MetricDropped, "reason", "buffer_full"); got != 2 {
 		t.Fatalf("dropped %v", got)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -41,9 +42,7 @@ var rtcPayload = bytes.Repeat([]byte("x"), 100)
 // rtcSides is one redis-server with both brokers on it, shared by the
 // benchmarks of one process.
 type rtcSides struct {
-	srv   *redisServer
 	ours  realtime.Broker
-	node  *centrifuge.Node
 	peer  *centrifuge.RedisBroker
 	close func()
 }
@@ -53,6 +52,16 @@ var (
 	rtcEnv  *rtcSides
 	rtcErr  error
 )
+
+// TestMain stops the shared server and brokers after the tests and
+// benchmarks of this package.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if rtcEnv != nil {
+		rtcEnv.close()
+	}
+	os.Exit(code)
+}
 
 func rtcSetup(tb testing.TB) *rtcSides {
 	tb.Helper()
@@ -79,23 +88,29 @@ func newRTCSides() (*rtcSides, error) {
 		srv.stop()
 		return nil, err
 	}
+	fail := func(err error) (*rtcSides, error) {
+		_ = ours.Close()
+		client.Close()
+		srv.stop()
+		return nil, err
+	}
 	node, err := centrifuge.New(centrifuge.Config{LogLevel: centrifuge.LogLevelNone})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	shard, err := centrifuge.NewRedisShard(node, centrifuge.RedisShardConfig{Address: srv.addr})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	peer, err := centrifuge.NewRedisBroker(node, centrifuge.RedisBrokerConfig{Shards: []*centrifuge.RedisShard{shard}})
 	if err != nil {
-		return nil, err
+		return fail(err)
 	}
 	node.SetBroker(peer)
 	if err := node.Run(); err != nil {
-		return nil, err
+		return fail(err)
 	}
-	return &rtcSides{srv: srv, ours: ours, node: node, peer: peer, close: func() {
+	return &rtcSides{ours: ours, peer: peer, close: func() {
 		_ = ours.Close()
 		client.Close()
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
 // Acceptance 1: 100 channels x 1000 sequenced messages published through two
@@ -138,7 +139,7 @@ func TestSSEChaos(t *testing.T) {
 			cuts += c.cuts
 			resumes += c.resumes
 		}
-		resub := counterValue(t, reg, metricEvents, "event", "resubscribed")
+		resub := testutil.Sum(t, reg, metricEvents, "event", "resubscribed")
 		t.Logf("%s: %d channels x %d messages, %d clients; %d client cuts, %d resumes with Last-Event-ID; %d Pub/Sub connections killed, %v resubscriptions repaired",
 			t.Name(), nChannels, perChan, nClients, cuts, resumes, kills.Load(), resub)
 		if cuts == 0 || resumes == 0 {

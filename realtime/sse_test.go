@@ -332,7 +332,7 @@ func TestSSETokens(t *testing.T) {
 		case <-time.After(30 * time.Second):
 			t.Fatal("the stream outlived its token by 30s")
 		}
-		if n := counterValue(t, reg, metricSSEClosed, "reason", "token_expired"); n != 1 {
+		if n := testutil.Sum(t, reg, metricSSEClosed, "reason", "token_expired"); n != 1 {
 			t.Fatalf("token_expired disconnects = %v, want 1", n)
 		}
 		// And the expired token opens nothing.
@@ -342,12 +342,6 @@ func TestSSETokens(t *testing.T) {
 			t.Fatalf("expired token: %d, want 401", resp2.StatusCode)
 		}
 	})
-}
-
-// counterValue is the sum of name's series with label=value.
-func counterValue(t *testing.T, reg *prometheus.Registry, name, label, value string) float64 {
-	t.Helper()
-	return testutil.Sum(t, reg, name, label, value)
 }
 
 // Acceptance 3: a client that never reads is disconnected, and the server's
@@ -366,13 +360,13 @@ func TestSSESlowClientDisconnected(t *testing.T) {
 		_ = conn.(*net.TCPConn).SetReadBuffer(4 << 10)
 		fmt.Fprintf(conn, "GET /?channels=slow HTTP/1.1\r\nHost: x\r\n\r\n")
 		// Wait until the stream is subscribed (the gauge counts it).
-		for gaugeValue(t, reg, metricSSEConnections) < 1 {
+		for testutil.Sum(t, reg, metricSSEConnections) < 1 {
 			time.Sleep(5 * time.Millisecond)
 		}
 		before := rss(t)
 		data := []byte(`"` + strings.Repeat("x", 1000) + `"`)
 		ended := func() bool {
-			return counterValue(t, reg, metricSSEClosed, "reason", "overflow")+counterValue(t, reg, metricSSEClosed, "reason", "write_error") >= 1
+			return testutil.Sum(t, reg, metricSSEClosed, "reason", "overflow")+testutil.Sum(t, reg, metricSSEClosed, "reason", "write_error") >= 1
 		}
 		sent := 0
 		for ; sent < 50000 && !ended(); sent++ {
@@ -390,9 +384,4 @@ func TestSSESlowClientDisconnected(t *testing.T) {
 		t.Logf("%s: the non-reading client was disconnected after %d messages of 1 KB; RSS %d KiB before, %d KiB after",
 			t.Name(), sent, before>>10, rss(t)>>10)
 	})
-}
-
-func gaugeValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	return testutil.Sum(t, reg, name)
 }

@@ -36,7 +36,7 @@ type config struct {
 	Bin      string
 	Settle   time.Duration // before the memory baseline
 	Idle     time.Duration // after all connections are open, before the second sample
-	Drain    time.Duration // after publishing, before counting
+	Drain    time.Duration // after publishing, the longest wait for deliveries in flight
 	Log      io.Writer
 }
 
@@ -285,13 +285,16 @@ func run(c config) (r report, err error) {
 	if e, ok := perr.Load().(error); ok {
 		logf("publish error (last): %v", e)
 	}
-	time.Sleep(c.Drain)
+	// Wait for the deliveries still in flight, at most Drain: a message
+	// that has not arrived by then counts as missing.
+	for end := time.Now().Add(c.Drain); recv.Load() < pub.Load() && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	mu.Lock()
 	defer mu.Unlock()
 	r.Published, r.Delivered, r.Duplicates = pub.Load(), recv.Load(), dups.Load()
 	slices.Sort(r.Lat)
 	slices.Sort(r.PubLat)
-	r.Lat = slices.Clone(r.Lat)
 	if r.Published == 0 {
 		return r, errors.New("nothing published")
 	}
