@@ -132,6 +132,7 @@ func (b *broker) Subscribe(ctx context.Context, channels []string, since []Posit
 		wake:       make(chan struct{}, 1),
 		closed:     make(chan struct{}),
 		disconnect: o.disconnect,
+		notify:     o.notify,
 	}
 	for _, ch := range channels {
 		s.state[ch] = &subChan{}
@@ -169,6 +170,10 @@ type Subscription struct {
 	closed     chan struct{}
 	closeOnce  sync.Once
 	disconnect bool
+	// notify, when not nil, is called (without blocking, on the backend's
+	// delivery path) after every change that lets Next return: a message
+	// queued, a repair or an overflow flagged, Close.
+	notify func()
 
 	dirty      atomic.Bool // some channel's repair flag is set
 	lagged     atomic.Bool // the queue overflowed: every channel repairs
@@ -239,6 +244,9 @@ func (s *Subscription) Positions() []Position {
 func (s *Subscription) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.closed)
+		if s.notify != nil {
+			s.notify()
+		}
 		for _, ch := range s.channels[:s.joined] {
 			s.b.hub.leave(ch, s)
 		}
@@ -253,6 +261,9 @@ func (s *Subscription) Close() error {
 func (s *Subscription) push(m *Message) {
 	select {
 	case s.inbox <- m:
+		if s.notify != nil {
+			s.notify()
+		}
 	default:
 		if s.disconnect {
 			s.overflowed.Store(true)
@@ -268,6 +279,9 @@ func (s *Subscription) signal() {
 	select {
 	case s.wake <- struct{}{}:
 	default:
+	}
+	if s.notify != nil {
+		s.notify()
 	}
 }
 

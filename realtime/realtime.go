@@ -268,6 +268,7 @@ type SubscribeOption func(*subOpts)
 type subOpts struct {
 	queue      int
 	disconnect bool
+	notify     func()
 }
 
 // WithQueueSize sets the Subscription's queue (messages received but not
@@ -278,6 +279,10 @@ func WithQueueSize(n int) SubscribeOption { return func(o *subOpts) { o.queue = 
 // queue overflows. Without it an overflow is a gap like any other: repaired
 // from history (or reset) when the consumer catches up.
 func WithDisconnectOnOverflow() SubscribeOption { return func(o *subOpts) { o.disconnect = true } }
+
+// withNotify makes the Subscription call f, without blocking, whenever Next
+// may have something to return (the SSE gateway's writer runs only then).
+func withNotify(f func()) SubscribeOption { return func(o *subOpts) { o.notify = f } }
 
 // CheckChannel reports whether ch is a valid channel name (an error wrapping
 // ErrInvalidArgument when not), so that an HTTP layer can name the field.

@@ -20,6 +20,12 @@ const (
 	DefaultPingInterval = 15 * time.Second
 	DefaultWriteTimeout = 10 * time.Second
 	DefaultRetry        = 2 * time.Second
+	// DefaultSSEQueueSize is the events that may wait for one browser: a
+	// stream's writer drains its queue whenever it is not empty, so only a
+	// client that stopped reading fills it, and it then resumes with
+	// Last-Event-ID. Smaller than DefaultQueueSize: every idle connection
+	// holds one.
+	DefaultSSEQueueSize = 64
 	// MaxEventIDLen bounds the Last-Event-ID header the gateway parses.
 	MaxEventIDLen = MaxChannels * 64
 )
@@ -38,7 +44,7 @@ type SSEConfig struct {
 	PingInterval time.Duration
 	// QueueSize bounds the events waiting for one connection; a client that
 	// falls further behind is disconnected (it resumes with Last-Event-ID).
-	// 0 means DefaultQueueSize (256).
+	// 0 means DefaultSSEQueueSize (64).
 	QueueSize int
 	// WriteTimeout bounds each write to the client; 0 means
 	// DefaultWriteTimeout (10s).
@@ -187,22 +193,66 @@ func (h *sseHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		ctx, cancel = context.WithDeadline(ctx, exp)
 		defer cancel()
 	}
-	sub, err := h.b.Subscribe(ctx, channels, since, WithQueueSize(orInt(h.cfg.QueueSize, DefaultQueueSize)), WithDisconnectOnOverflow())
+	c := &sseStream{
+		h:    h,
+		ping: orDur(h.cfg.PingInterval, DefaultPingInterval),
+		wt:   orDur(h.cfg.WriteTimeout, DefaultWriteTimeout),
+	}
+	// Counted open first: an overflow may end the stream (and count it
+	// closed) as soon as Subscribe has joined its channels.
+	h.m.sseOpen(1)
+	sub, err := h.b.Subscribe(ctx, channels, since, WithQueueSize(orInt(h.cfg.QueueSize, DefaultSSEQueueSize)),
+		WithDisconnectOnOverflow(), withNotify(c.wake))
 	if err != nil {
+		h.m.sseOpen(-1)
 		if !exp.IsZero() && ctx.Err() != nil && r.Context().Err() == nil {
 			err = fmt.Errorf("%w: token expired", ErrUnauthorized)
 		}
 		h.fail(w, r, err)
 		return
 	}
-	defer sub.Close()
-	h.m.sseOpen(1)
-	defer h.m.sseOpen(-1)
+	c.mu.Lock()
+	c.sub = sub
+	c.mu.Unlock()
+	hd := w.Header()
+	hd.Set("Content-Type", "text/event-stream")
+	hd.Set("Cache-Control", "no-cache")
+	hd.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
+	hijack := r.ProtoMajor == 1 && r.Method == http.MethodGet
+	if hijack {
+		// net/http then writes a body delimited by the connection's close
+		// (no chunking) and says Connection: close: after the hijack the
+		// stream writes raw event bytes.
+		hd.Set("Transfer-Encoding", "identity")
+	}
+	w.WriteHeader(http.StatusOK)
+	if hijack {
+		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			c.pos = sub.Positions()
+			c.start(conn, h.preamble(c.pos), exp)
+			return // the stream goes on without this goroutine
+		}
+	}
+	// HTTP/2, HEAD, or a ResponseWriter that cannot be hijacked: stream on
+	// this goroutine.
 	reason := h.stream(ctx, r, w, sub, channels)
 	if reason == "client" && !exp.IsZero() && r.Context().Err() == nil {
 		reason = "token_expired"
 	}
-	h.m.sseClosed(reason)
+	_ = sub.Close()
+	c.stop(reason)
+}
+
+// preamble is a stream's first bytes: the reconnection delay and the start
+// position, as an id with no data (it sets the browser's Last-Event-ID
+// without dispatching an event).
+func (h *sseHandler) preamble(pos []Position) []byte {
+	buf := make([]byte, 0, 64)
+	buf = append(buf, "retry: "...)
+	buf = strconv.AppendInt(buf, orDur(h.cfg.Retry, DefaultRetry).Milliseconds(), 10)
+	buf = append(buf, "\nid: "...)
+	buf = AppendEventID(buf, pos)
+	return append(buf, "\n\n"...)
 }
 
 // stream writes events until the client leaves, the token expires or the
@@ -212,11 +262,6 @@ func (h *sseHandler) stream(ctx context.Context, r *http.Request, w http.Respons
 	// The server's ReadTimeout would end the stream: the request is read,
 	// and only the client's going away matters now.
 	_ = rc.SetReadDeadline(time.Time{})
-	hd := w.Header()
-	hd.Set("Content-Type", "text/event-stream")
-	hd.Set("Cache-Control", "no-cache")
-	hd.Set("X-Accel-Buffering", "no") // nginx: do not buffer the stream
-	w.WriteHeader(http.StatusOK)
 	if r.Method == http.MethodHead {
 		return "client"
 	}
@@ -225,12 +270,7 @@ func (h *sseHandler) stream(ctx context.Context, r *http.Request, w http.Respons
 		idx[ch] = i
 	}
 	pos := sub.Positions()
-	buf := make([]byte, 0, 256)
-	buf = append(buf, "retry: "...)
-	buf = strconv.AppendInt(buf, orDur(h.cfg.Retry, DefaultRetry).Milliseconds(), 10)
-	buf = append(buf, "\nid: "...)
-	buf = AppendEventID(buf, pos)
-	buf = append(buf, "\n\n"...)
+	buf := h.preamble(pos)
 	wt := orDur(h.cfg.WriteTimeout, DefaultWriteTimeout)
 	flush := func() bool {
 		_ = rc.SetWriteDeadline(time.Now().Add(wt))
@@ -253,13 +293,12 @@ func (h *sseHandler) stream(ctx context.Context, r *http.Request, w http.Respons
 				pingDue := pctx.Err() != nil
 				cancel()
 				switch {
-				case errors.Is(err, ErrOverflow):
-					return "overflow"
+				case errors.Is(err, ErrOverflow), errors.Is(err, ErrClosed):
+					return h.endReason(err)
 				case ctx.Err() != nil:
 					return "client"
 				case !pingDue:
-					h.log.Warn("realtime: SSE stream ended by a backend error; the client resumes with Last-Event-ID", "err", err.Error())
-					return "backend_error"
+					return h.endReason(err)
 				}
 				buf = append(buf, ": ping\n\n"...)
 				if !flush() {

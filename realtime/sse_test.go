@@ -113,12 +113,50 @@ func allowAll(*http.Request) bool { return true }
 
 // sseServer serves b with cfg (Authorize defaults to allowAll).
 func sseServer(t *testing.T, b Broker, cfg SSEConfig) *httptest.Server {
+	return sseServerMode(t, b, cfg, streamModes[0])
+}
+
+// streamMode is a way the gateway streams: hijacked from net/http (HTTP/1.x,
+// the usual case) or on net/http's goroutine (HTTP/2, or a ResponseWriter
+// that cannot be hijacked).
+type streamMode struct {
+	name string
+	wrap func(http.Handler) http.Handler
+}
+
+var streamModes = []streamMode{
+	{"hijacked", func(h http.Handler) http.Handler { return h }},
+	{"net-http", func(h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			// Flushes but no Hijack (and no Unwrap to reach it).
+			h.ServeHTTP(struct {
+				http.ResponseWriter
+				http.Flusher
+			}{w, w.(http.Flusher)}, r)
+		})
+	}},
+}
+
+func sseServerMode(t *testing.T, b Broker, cfg SSEConfig, mode streamMode) *httptest.Server {
 	if cfg.Authorize == nil && cfg.Tokens == nil {
 		cfg.Authorize = allowAll
 	}
-	srv := httptest.NewServer(SSEHandler(b, cfg))
+	srv := httptest.NewServer(mode.wrap(SSEHandler(b, cfg)))
 	t.Cleanup(srv.Close)
 	return srv
+}
+
+// forEachMode is forEach for each stream mode, on an env of its own.
+func forEachMode(t *testing.T, f func(t *testing.T, e env, mode streamMode)) {
+	t.Parallel()
+	for _, tg := range targets() {
+		t.Run(tg.name, func(t *testing.T) {
+			t.Parallel()
+			for _, m := range streamModes {
+				t.Run(m.name, func(t *testing.T) { f(t, tg.newEnv(t), m) })
+			}
+		})
+	}
 }
 
 // collect reads events of resp until n dispatched events with data were
@@ -146,9 +184,9 @@ func collect(t *testing.T, resp *http.Response, n int) (events []sseEvent, first
 }
 
 func TestSSEDeliversAndResumes(t *testing.T) {
-	forEach(t, func(t *testing.T, e env) {
+	forEachMode(t, func(t *testing.T, e env, mode streamMode) {
 		b := e.broker(Config{HistorySize: 5})
-		srv := sseServer(t, b, SSEConfig{})
+		srv := sseServerMode(t, b, SSEConfig{}, mode)
 		ctx, cancel := context.WithCancel(ctxb)
 		defer cancel()
 		chans := []string{"appt:1", "appt:2"}
@@ -218,18 +256,22 @@ func TestSSEDeliversAndResumes(t *testing.T) {
 }
 
 func TestSSEPing(t *testing.T) {
-	b := NewMemory(quiet(Config{}))
-	srv := sseServer(t, b, SSEConfig{PingInterval: 20 * time.Millisecond})
-	resp := openSSE(ctxb, t, srv.URL, []string{"quiet"}, "", "")
-	defer resp.Body.Close()
-	pings := 0
-	if err := readSSE(resp.Body, func(e sseEvent) bool {
-		if e.comment == "ping" {
-			pings++
-		}
-		return pings < 2
-	}); err != nil {
-		t.Fatal(err)
+	for _, mode := range streamModes {
+		t.Run(mode.name, func(t *testing.T) {
+			b := NewMemory(quiet(Config{}))
+			srv := sseServerMode(t, b, SSEConfig{PingInterval: 20 * time.Millisecond}, mode)
+			resp := openSSE(ctxb, t, srv.URL, []string{"quiet"}, "", "")
+			defer resp.Body.Close()
+			pings := 0
+			if err := readSSE(resp.Body, func(e sseEvent) bool {
+				if e.comment == "ping" {
+					pings++
+				}
+				return pings < 2
+			}); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
 
@@ -270,11 +312,11 @@ func TestSSEBadRequests(t *testing.T) {
 // Acceptance 2: a token for one appointment's channel cannot read another's
 // (403); an expired token ends the stream.
 func TestSSETokens(t *testing.T) {
-	forEach(t, func(t *testing.T, e env) {
+	forEachMode(t, func(t *testing.T, e env, mode streamMode) {
 		reg := prometheus.NewRegistry()
 		b := e.broker(Config{})
 		tokens := testutil.Must[*Tokens](t, "NewTokens")(NewTokens([]byte(strings.Repeat("s", 32))))
-		srv := sseServer(t, b, SSEConfig{Tokens: tokens, Registerer: reg})
+		srv := sseServerMode(t, b, SSEConfig{Tokens: tokens, Registerer: reg}, mode)
 		tok, exp, err := tokens.Issue("patient:1", []string{"appt:1", "presence:expert:9"}, 1500*time.Millisecond)
 		if err != nil {
 			t.Fatal(err)
@@ -347,10 +389,10 @@ func TestSSETokens(t *testing.T) {
 // Acceptance 3: a client that never reads is disconnected, and the server's
 // memory stays bounded meanwhile.
 func TestSSESlowClientDisconnected(t *testing.T) {
-	forEach(t, func(t *testing.T, e env) {
+	forEachMode(t, func(t *testing.T, e env, mode streamMode) {
 		reg := prometheus.NewRegistry()
 		b := e.broker(Config{})
-		srv := sseServer(t, b, SSEConfig{QueueSize: 16, WriteTimeout: 200 * time.Millisecond, Registerer: reg})
+		srv := sseServerMode(t, b, SSEConfig{QueueSize: 16, WriteTimeout: 200 * time.Millisecond, Registerer: reg}, mode)
 		conn, err := net.Dial("tcp", srv.Listener.Addr().String())
 		if err != nil {
 			t.Fatal(err)
