@@ -8,8 +8,10 @@ import (
 
 // hub fans a Broker's incoming messages out to its local Subscriptions: one
 // entry per channel with at least one local subscriber, whatever their
-// number. On Redis each entry owns one Pub/Sub subscription (feed); the
-// memory backend delivers into the hub directly and has no feed.
+// number. On a single Redis every entry is a channel of the broker's one
+// Pub/Sub connection (shared); on Cluster each entry owns one sharded
+// Pub/Sub subscription (feed); the memory backend delivers into the hub
+// directly and has neither.
 //
 // Delivery into a Subscription never blocks (the Redis feed runs on the
 // client's reading goroutine): a full queue is an overflow, handled by the
@@ -18,6 +20,7 @@ type hub struct {
 	// feed, when not nil, keeps channel subscribed on the backend until ctx
 	// ends, calling hc.markReady each time the subscription is confirmed.
 	feed   func(ctx context.Context, hc *hubChan)
+	shared *sharedFeed
 	linger time.Duration
 	m      *metrics
 
@@ -58,11 +61,15 @@ func (h *hub) join(channel string, s *Subscription) <-chan struct{} {
 	if hc == nil {
 		hc = &hubChan{h: h, name: channel, ready: make(chan struct{}), done: make(chan struct{})}
 		h.chans[channel] = hc
-		if h.feed == nil {
+		switch {
+		case h.shared != nil:
+			close(hc.done) // no goroutine of its own
+			h.shared.add(hc)
+		case h.feed == nil:
 			hc.readyDone = true
 			close(hc.ready)
 			close(hc.done)
-		} else {
+		default:
 			ctx, cancel := context.WithCancel(context.Background())
 			hc.cancel = cancel
 			prev := h.closing[channel]
@@ -98,7 +105,7 @@ func (h *hub) leave(channel string, s *Subscription) {
 	if len(hc.subs) > 0 {
 		return
 	}
-	if h.feed == nil {
+	if h.feed == nil && h.shared == nil {
 		delete(h.chans, channel)
 		return
 	}
@@ -109,6 +116,10 @@ func (h *hub) leave(channel string, s *Subscription) {
 			return
 		}
 		delete(h.chans, channel)
+		if h.shared != nil {
+			h.shared.remove(hc) // ordered after any SUBSCRIBE on the one connection
+			return
+		}
 		h.closing[channel] = hc.done
 		hc.cancel()
 	})
@@ -189,6 +200,9 @@ func (hc *hubChan) markNotReady() bool {
 
 // close cancels every feed (Broker.Close).
 func (h *hub) close() {
+	if h.shared != nil {
+		defer h.shared.close() // not under h.mu: the feed may be marking a channel ready
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, hc := range h.chans {

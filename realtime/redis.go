@@ -55,7 +55,12 @@ func NewRedis(client rueidis.Client, cfg Config) (Broker, error) {
 		m:       m,
 	}
 	b := &broker{cfg: cfg, kind: "redis", st: st, m: m}
-	b.hub = newHub(st.feed, m)
+	if st.sharded {
+		b.hub = newHub(st.feed, m)
+	} else {
+		b.hub = newHub(nil, m)
+		b.hub.shared = newSharedFeed(st)
+	}
 	return b, nil
 }
 
@@ -282,18 +287,15 @@ func (s *redisStore) fail(op string, err error) {
 	s.log.Log(errorLevel, "realtime: redis call failed", "op", op, "err", err.Error())
 }
 
-// feed keeps hc's channel subscribed (SUBSCRIBE, or SSUBSCRIBE on Cluster,
-// which rueidis routes to the slot's node) until ctx ends. Pub/Sub is
+// feed keeps hc's channel subscribed on Cluster (SSUBSCRIBE, which rueidis
+// routes to the slot's node; a single Redis has sharedFeed) until ctx ends. Pub/Sub is
 // at-most-once: when the subscription is lost (connection killed, node
 // failover, slot moved) feed subscribes again, and hc.markReady makes every
 // subscriber repair the channel from history, so nothing is silently
 // missed.
 func (s *redisStore) feed(ctx context.Context, hc *hubChan) {
 	ps := s.keysFor(hc.name).ps
-	subKind := "subscribe"
-	if s.sharded {
-		subKind = "ssubscribe"
-	}
+	const subKind = "ssubscribe"
 	backoff := 20 * time.Millisecond
 	for {
 		rctx := rueidis.WithOnSubscriptionHook(ctx, func(p rueidis.PubSubSubscription) {
@@ -309,19 +311,11 @@ func (s *redisStore) feed(ctx context.Context, hc *hubChan) {
 			if ctx.Err() != nil {
 				uctx, cancel := context.WithTimeout(context.Background(), s.cfg.timeout())
 				defer cancel()
-				cmd := c.B().Unsubscribe().Channel(ps).Build()
-				if s.sharded {
-					cmd = c.B().Sunsubscribe().Channel(ps).Build()
-				}
-				_ = c.Do(uctx, cmd).Error()
+				_ = c.Do(uctx, c.B().Sunsubscribe().Channel(ps).Build()).Error()
 			}
 			return err
 		})
-		cmd := s.client.B().Subscribe().Channel(ps).Build()
-		if s.sharded {
-			cmd = s.client.B().Ssubscribe().Channel(ps).Build()
-		}
-		err := s.client.Receive(rctx, cmd, func(msg rueidis.PubSubMessage) {
+		err := s.client.Receive(rctx, s.client.B().Ssubscribe().Channel(ps).Build(), func(msg rueidis.PubSubMessage) {
 			m, perr := parsePayload(hc.name, msg.Message)
 			if perr != nil {
 				s.log.Log(errorLevel, "realtime: dropped a malformed Pub/Sub message", "err", perr.Error())
