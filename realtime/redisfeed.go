@@ -218,7 +218,10 @@ func (f *sharedFeed) apply(dc rueidis.DedicatedClient) error {
 		hc, st := f.want[op.ps], f.state[op.ps]
 		switch {
 		case hc != nil && st == subConfirmed:
-			ready = append(ready, hc) // a new entry of a channel still subscribed
+			// A new entry of a channel still subscribed. The hub removes an
+			// entry before it makes the next one of its channel, so this is
+			// defensive: without it such an entry would never be ready.
+			ready = append(ready, hc)
 		case hc != nil && (st == subNone || st == subLeaving):
 			f.state[op.ps] = subPending
 			sub = append(sub, op.ps)
