@@ -427,3 +427,33 @@ func TestSSESlowClientDisconnected(t *testing.T) {
 			t.Name(), sent, before>>10, rss(t)>>10)
 	})
 }
+
+// Closing the broker (the service shutting down) ends every stream, counted
+// as shutdown; browsers then reconnect to another instance.
+func TestSSEBrokerClosedEndsStreams(t *testing.T) {
+	forEachMode(t, func(t *testing.T, e env, mode streamMode) {
+		reg := prometheus.NewRegistry()
+		b := e.broker(Config{})
+		srv := sseServerMode(t, b, SSEConfig{Registerer: reg}, mode)
+		resp := openSSE(ctxb, t, srv.URL, []string{"appt:1"}, "", "")
+		defer resp.Body.Close()
+		collect(t, resp, 0) // the stream is open
+		_ = b.Close()
+		done := make(chan error, 1)
+		go func() { done <- readSSE(resp.Body, func(sseEvent) bool { return true }) }()
+		select {
+		case err := <-done:
+			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+				t.Fatalf("stream ended with %v, want EOF", err)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the stream outlived its broker by 20s")
+		}
+		if n := testutil.Sum(t, reg, metricSSEClosed, "reason", "shutdown"); n != 1 {
+			t.Fatalf("shutdown disconnects = %v, want 1", n)
+		}
+		if n := testutil.Sum(t, reg, metricSSEConnections); n != 0 {
+			t.Fatalf("open connections = %v, want 0", n)
+		}
+	})
+}
