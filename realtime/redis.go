@@ -165,22 +165,56 @@ func parseHistory(channel string, res rueidis.RedisResult) (History, error) {
 	if e == "" {
 		return h, nil
 	}
-	entries, err := arr[2].AsXRange()
+	// The entries are read in place ([id, [field, value, ...]] each), without
+	// the map per entry of AsXRange: recovery reads many of them.
+	entries, err := arr[2].ToArray()
 	if err != nil {
 		return History{}, err
 	}
 	h.Messages = make([]*Message, 0, len(entries))
 	for _, en := range entries {
-		off, _, ok := strings.Cut(en.ID, "-")
-		o, err := strconv.ParseUint(off, 10, 64)
-		if !ok || err != nil {
-			return History{}, fmt.Errorf("history entry id %q", en.ID)
+		m, err := parseEntry(channel, e, en)
+		if err != nil {
+			return History{}, err
 		}
-		t, _ := strconv.ParseInt(en.FieldValues["t"], 10, 64)
-		h.Messages = append(h.Messages, &Message{Channel: channel, Epoch: e, Offset: o,
-			Data: []byte(en.FieldValues["d"]), PublishedAt: time.UnixMilli(t)})
+		h.Messages = append(h.Messages, m)
 	}
 	return h, nil
+}
+
+// parseEntry reads one history entry: id "<offset>-0", fields d (data) and
+// t (published at, unix ms).
+func parseEntry(channel, epoch string, en rueidis.RedisMessage) (*Message, error) {
+	kv, err := en.ToArray()
+	if err != nil || len(kv) != 2 {
+		return nil, errors.New("malformed history entry")
+	}
+	id, err := kv[0].ToString()
+	if err != nil {
+		return nil, err
+	}
+	off, _, ok := strings.Cut(id, "-")
+	o, err := strconv.ParseUint(off, 10, 64)
+	if !ok || err != nil {
+		return nil, fmt.Errorf("history entry id %q", id)
+	}
+	fields, err := kv[1].ToArray()
+	if err != nil {
+		return nil, err
+	}
+	m := &Message{Channel: channel, Epoch: epoch, Offset: o}
+	for i := 0; i+1 < len(fields); i += 2 {
+		f, _ := fields[i].ToString()
+		v, _ := fields[i+1].ToString()
+		switch f {
+		case "d":
+			m.Data = []byte(v)
+		case "t":
+			t, _ := strconv.ParseInt(v, 10, 64)
+			m.PublishedAt = time.UnixMilli(t)
+		}
+	}
+	return m, nil
 }
 
 func (s *redisStore) positions(ctx context.Context, channels []string) ([]Position, error) {
