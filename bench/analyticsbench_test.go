@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"strings"
 	"testing"
 	"time"
@@ -13,18 +14,18 @@ import (
 // received every event a Capture accepted (once per uuid: distinct ==
 // delivered == accepted). It asserts no timing and no ratio.
 func TestAnalyticsHarness(t *testing.T) {
-	srv, err := startRedis()
+	srv, err := redisserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.stop)
+	t.Cleanup(srv.Stop)
 	cfg := config{
 		duration:   100 * time.Millisecond,
 		warmup:     20 * time.Millisecond,
 		only:       analyticsBenches,
 		rounds:     2,
 		goroutines: []int{4},
-		redisURL:   srv.url(),
+		redisURL:   srv.URL(),
 	}
 	ac := analyticsConfig{goroutines: 4, drain: 30 * time.Second}
 	res, info, err := runAnalytics(context.Background(), cfg, ac)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"strings"
 	"testing"
 	"time"
@@ -15,11 +16,11 @@ import (
 // reaches the table. It proves the harness works; it asserts no timing and no
 // target.
 func TestHarness(t *testing.T) {
-	srv, err := startRedis()
+	srv, err := redisserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.stop)
+	t.Cleanup(srv.Stop)
 
 	cfg := config{
 		duration:   150 * time.Millisecond,
@@ -29,7 +30,7 @@ func TestHarness(t *testing.T) {
 		hot:        true,
 		only:       allBenches,
 		rounds:     2,
-		redisURL:   srv.url(),
+		redisURL:   srv.URL(),
 
 		lockGoroutines:   []int{1, 16, 64},
 		lockHot:          1,

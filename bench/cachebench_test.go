@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"reflect"
 	"runtime"
 	"slices"
@@ -22,11 +23,11 @@ import (
 // was loaded twice by us in the zipf cell. It asserts no timing and no
 // target.
 func TestCacheHarness(t *testing.T) {
-	srv, err := startRedis()
+	srv, err := redisserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.stop)
+	t.Cleanup(srv.Stop)
 
 	const keys = 100
 	cfg := config{
@@ -35,7 +36,7 @@ func TestCacheHarness(t *testing.T) {
 		keys:     keys,
 		only:     cacheBenches,
 		rounds:   2,
-		redisURL: srv.url(),
+		redisURL: srv.URL(),
 	}
 	cc := cacheConfig{
 		goroutines:  []int{8},

@@ -18,6 +18,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"math/rand/v2"
 	"os"
 	"sync"
@@ -73,32 +74,32 @@ func rtcSetup(tb testing.TB) *rtcSides {
 }
 
 func newRTCSides() (*rtcSides, error) {
-	srv, err := startRedis()
+	srv, err := redisserver.Start()
 	if err != nil {
 		return nil, err
 	}
-	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.addr}})
+	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}})
 	if err != nil {
-		srv.stop()
+		srv.Stop()
 		return nil, err
 	}
 	ours, err := realtime.NewRedis(client, realtime.Config{Prefix: "bench:", HistorySize: rtcHistory, HistoryTTL: rtcTTL})
 	if err != nil {
 		client.Close()
-		srv.stop()
+		srv.Stop()
 		return nil, err
 	}
 	fail := func(err error) (*rtcSides, error) {
 		_ = ours.Close()
 		client.Close()
-		srv.stop()
+		srv.Stop()
 		return nil, err
 	}
 	node, err := centrifuge.New(centrifuge.Config{LogLevel: centrifuge.LogLevelNone})
 	if err != nil {
 		return fail(err)
 	}
-	shard, err := centrifuge.NewRedisShard(node, centrifuge.RedisShardConfig{Address: srv.addr})
+	shard, err := centrifuge.NewRedisShard(node, centrifuge.RedisShardConfig{Address: srv.Addr})
 	if err != nil {
 		return fail(err)
 	}
@@ -116,7 +117,7 @@ func newRTCSides() (*rtcSides, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = node.Shutdown(ctx)
-		srv.stop()
+		srv.Stop()
 	}}, nil
 }
 

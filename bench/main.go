@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"io"
 	"os"
 	"os/signal"
@@ -142,16 +143,16 @@ func main() {
 		fatalf(2, "bench: %v", err)
 	}
 
-	var srv *redisServer
+	var srv *redisserver.Server
 	if cfg.redisURL == "" && needsRedis(cfg.only) {
-		if srv, err = startRedis(); err != nil {
+		if srv, err = redisserver.Start(); err != nil {
 			fatalf(1, "%v", err)
 		}
-		cfg.redisURL = srv.url()
+		cfg.redisURL = srv.URL()
 		// Kill the private server on Ctrl-C too (Pdeathsig covers crashes).
 		sig := make(chan os.Signal, 1)
 		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		go func() { <-sig; srv.stop(); os.Exit(130) }()
+		go func() { <-sig; srv.Stop(); os.Exit(130) }()
 	}
 	if cpuProfile != "" {
 		f, err := os.Create(cpuProfile)
@@ -166,7 +167,7 @@ func main() {
 	if cpuProfile != "" {
 		pprof.StopCPUProfile()
 	}
-	srv.stop()
+	srv.Stop()
 	fmt.Print(out)
 	if err != nil {
 		fatalf(1, "%v", err)

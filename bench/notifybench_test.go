@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"strings"
 	"testing"
 	"time"
@@ -13,18 +14,18 @@ import (
 // once, asynq every item at least once, and the counts add up. It asserts no
 // timing and no target.
 func TestNotifyHarness(t *testing.T) {
-	srv, err := startRedis()
+	srv, err := redisserver.Start()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(srv.stop)
+	t.Cleanup(srv.Stop)
 
 	cfg := config{
 		duration: 100 * time.Millisecond,
 		warmup:   20 * time.Millisecond,
 		only:     notifyBenches,
 		rounds:   2,
-		redisURL: srv.url(),
+		redisURL: srv.URL(),
 	}
 	nc := notifyConfig{goroutines: 8, batch: 100, items: 200, perUser: []int{1, 10}, concurrency: 10, timeout: 30 * time.Second}
 	results, info, err := runNotify(context.Background(), cfg, nc)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/elevacare/eleva-redis/bench/internal/redisserver"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -129,19 +130,12 @@ func run(c config) (r report, err error) {
 	args := []string{"serve", "--listen", addr}
 	switch c.Backend {
 	case "redis":
-		rp, err := freePort()
+		rs, err := redisserver.Start()
 		if err != nil {
 			return r, err
 		}
-		rs, err := start("redis-server", "--port", strconv.Itoa(rp), "--save", "", "--appendonly", "no")
-		if err != nil {
-			return r, err
-		}
-		defer func() { rs.Process.Kill(); rs.Wait() }()
-		if err := waitTCP("127.0.0.1:" + strconv.Itoa(rp)); err != nil {
-			return r, err
-		}
-		args = append(args, "--redis-url", "redis://127.0.0.1:"+strconv.Itoa(rp))
+		defer rs.Stop()
+		args = append(args, "--redis-url", rs.URL())
 	case "memory":
 	default:
 		return r, fmt.Errorf("unknown backend %q", c.Backend)
@@ -358,17 +352,6 @@ func start(name string, args ...string) (*exec.Cmd, error) {
 	c.Stderr = os.Stderr
 	c.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return c, c.Start()
-}
-
-func waitTCP(addr string) error {
-	for range 200 {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s does not answer", addr)
 }
 
 func waitHealthy(addr string) error {

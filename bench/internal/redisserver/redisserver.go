@@ -1,4 +1,6 @@
-package main
+// Package redisserver starts a private redis-server for the benchmarks and
+// the SSE scale harness.
+package redisserver
 
 import (
 	"bufio"
@@ -14,22 +16,24 @@ import (
 	"time"
 )
 
-// redisServer is a private, non-persistent redis-server on a free loopback
-// port. internal/redistest cannot be imported from this module (it is
-// internal to the root module), so this is a small copy of its starter.
-type redisServer struct {
-	addr string
+// Server is a private, non-persistent redis-server on a free loopback port.
+// The root module's internal/redistest is built for tests (testing.TB) and
+// a 3-node Cluster; the harnesses need a plain process they can stop.
+type Server struct {
+	// Addr is host:port.
+	Addr string
 	dir  string
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-func (s *redisServer) url() string { return "redis://" + s.addr }
+// URL is the server's redis:// URL.
+func (s *Server) URL() string { return "redis://" + s.Addr }
 
-// startRedis starts redis-server with persistence off. The process gets
+// Start starts redis-server with persistence off. The process gets
 // SIGKILL if this process dies first (Pdeathsig), so an interrupted run
 // leaves nothing behind.
-func startRedis() (*redisServer, error) {
+func Start() (*Server, error) {
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		return nil, errors.New("bench: redis-server not found in PATH: `sudo apt-get install -y redis-server`, or pass -redis-url / ELEVA_BENCH_REDIS_URL")
@@ -46,7 +50,7 @@ func startRedis() (*redisServer, error) {
 		if err != nil {
 			return nil, err
 		}
-		s := &redisServer{addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir}
+		s := &Server{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), dir: dir}
 		cmd := exec.Command(bin,
 			"--port", strconv.Itoa(port), "--bind", "127.0.0.1", "--dir", dir,
 			"--save", "", "--appendonly", "no", "--daemonize", "no",
@@ -62,15 +66,15 @@ func startRedis() (*redisServer, error) {
 		if lastErr = s.waitReady(10 * time.Second); lastErr == nil {
 			return s, nil
 		}
-		s.stop()
+		s.Stop()
 	}
 	return nil, lastErr
 }
 
-func (s *redisServer) waitReady(timeout time.Duration) error {
+func (s *Server) waitReady(timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		if c, err := net.DialTimeout("tcp", s.addr, 200*time.Millisecond); err == nil {
+		if c, err := net.DialTimeout("tcp", s.Addr, 200*time.Millisecond); err == nil {
 			ok := ping(c)
 			c.Close()
 			if ok {
@@ -80,11 +84,11 @@ func (s *redisServer) waitReady(timeout time.Duration) error {
 		select {
 		case <-s.done:
 			b, _ := os.ReadFile(filepath.Join(s.dir, "redis.log"))
-			return fmt.Errorf("bench: redis-server on %s exited at start-up: %s", s.addr, b)
+			return fmt.Errorf("bench: redis-server on %s exited at start-up: %s", s.Addr, b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("bench: redis-server on %s did not answer within %s", s.addr, timeout)
+			return fmt.Errorf("bench: redis-server on %s did not answer within %s", s.Addr, timeout)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -99,8 +103,8 @@ func ping(c net.Conn) bool {
 	return err == nil && strings.HasPrefix(line, "+PONG")
 }
 
-// stop kills the server, waits for it and removes its directory.
-func (s *redisServer) stop() {
+// Stop kills the server, waits for it and removes its directory.
+func (s *Server) Stop() {
 	if s == nil || s.cmd == nil {
 		return
 	}
