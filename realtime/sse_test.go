@@ -361,18 +361,9 @@ func TestSSETokens(t *testing.T) {
 		// The stream of a valid token ends at its expiry.
 		resp := openSSE(ctxb, t, srv.URL, []string{"appt:1"}, "", tok)
 		defer resp.Body.Close()
-		done := make(chan error, 1)
-		go func() { done <- readSSE(resp.Body, func(sseEvent) bool { return true }) }()
-		select {
-		case err := <-done:
-			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatalf("stream ended with %v, want EOF", err)
-			}
-			if time.Now().Before(exp) {
-				t.Fatalf("stream ended before the token's expiry %v", exp)
-			}
-		case <-time.After(30 * time.Second):
-			t.Fatal("the stream outlived its token by 30s")
+		waitStreamEnd(t, resp, 30*time.Second, "its token")
+		if time.Now().Before(exp) {
+			t.Fatalf("stream ended before the token's expiry %v", exp)
 		}
 		if n := testutil.Sum(t, reg, metricSSEClosed, "reason", "token_expired"); n != 1 {
 			t.Fatalf("token_expired disconnects = %v, want 1", n)
@@ -439,16 +430,7 @@ func TestSSEBrokerClosedEndsStreams(t *testing.T) {
 		defer resp.Body.Close()
 		collect(t, resp, 0) // the stream is open
 		_ = b.Close()
-		done := make(chan error, 1)
-		go func() { done <- readSSE(resp.Body, func(sseEvent) bool { return true }) }()
-		select {
-		case err := <-done:
-			if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
-				t.Fatalf("stream ended with %v, want EOF", err)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("the stream outlived its broker by 20s")
-		}
+		waitStreamEnd(t, resp, 20*time.Second, "its broker")
 		if n := testutil.Sum(t, reg, metricSSEClosed, "reason", "shutdown"); n != 1 {
 			t.Fatalf("shutdown disconnects = %v, want 1", n)
 		}
@@ -456,4 +438,20 @@ func TestSSEBrokerClosedEndsStreams(t *testing.T) {
 			t.Fatalf("open connections = %v, want 0", n)
 		}
 	})
+}
+
+// waitStreamEnd reads resp until the server ends the stream (EOF), failing
+// when that takes longer than within (what should have ended it: cause).
+func waitStreamEnd(t *testing.T, resp *http.Response, within time.Duration, cause string) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- readSSE(resp.Body, func(sseEvent) bool { return true }) }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
+			t.Fatalf("stream ended with %v, want EOF", err)
+		}
+	case <-time.After(within):
+		t.Fatalf("the stream outlived %s by %v", cause, within)
+	}
 }
