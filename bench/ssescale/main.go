@@ -34,6 +34,7 @@ type config struct {
 	Rate     int
 	Duration time.Duration
 	Backend  string
+	RedisURL string // redis backend: an existing Redis (or Cluster) instead of a private server
 	Bin      string
 	Settle   time.Duration // before the memory baseline
 	Idle     time.Duration // after all connections are open, before the second sample
@@ -60,6 +61,7 @@ func main() {
 	flag.IntVar(&c.Rate, "rate", 1000, "messages published per second, in total")
 	flag.DurationVar(&c.Duration, "duration", 20*time.Second, "publishing time")
 	flag.StringVar(&c.Backend, "backend", "redis", "redis (a private redis-server) or memory")
+	flag.StringVar(&c.RedisURL, "redis-url", "", "redis backend: use this Redis or Cluster (serve's --redis-url syntax) instead of starting a private redis-server")
 	flag.StringVar(&c.Bin, "bin", "", "eleva-redis binary; empty: go build it into a temporary directory")
 	flag.Parse()
 	c.Settle, c.Idle, c.Drain, c.Log = 3*time.Second, 5*time.Second, 2*time.Second, os.Stderr
@@ -130,12 +132,16 @@ func run(c config) (r report, err error) {
 	args := []string{"serve", "--listen", addr}
 	switch c.Backend {
 	case "redis":
-		rs, err := redisserver.Start()
-		if err != nil {
-			return r, err
+		url := c.RedisURL
+		if url == "" {
+			rs, err := redisserver.Start()
+			if err != nil {
+				return r, err
+			}
+			defer rs.Stop()
+			url = rs.URL()
 		}
-		defer rs.Stop()
-		args = append(args, "--redis-url", rs.URL())
+		args = append(args, "--redis-url", url)
 	case "memory":
 	default:
 		return r, fmt.Errorf("unknown backend %q", c.Backend)
