@@ -1,36 +1,37 @@
 package realtime
 
 import (
-	"context"
 	"sync"
 	"time"
 )
 
 // hub fans a Broker's incoming messages out to its local Subscriptions: one
 // entry per channel with at least one local subscriber, whatever their
-// number. On a single Redis every entry is a channel of the broker's one
-// Pub/Sub connection (shared); on Cluster each entry owns one sharded
-// Pub/Sub subscription (feed); the memory backend delivers into the hub
-// directly and has neither.
+// number. On Redis a feeder keeps the entries' channels subscribed — on a
+// single Redis all on one Pub/Sub connection (sharedFeed), on Cluster on one
+// connection per node (clusterFeed) — without a goroutine per channel; the
+// memory backend delivers into the hub directly and has no feeder.
 //
-// Delivery into a Subscription never blocks (the Redis feed runs on the
-// client's reading goroutine): a full queue is an overflow, handled by the
-// Subscription (repair from history, or disconnect).
+// Delivery into a Subscription never blocks (the feeders deliver on the
+// connection's reading goroutine): a full queue is an overflow, handled by
+// the Subscription (repair from history, or disconnect).
 type hub struct {
-	// feed, when not nil, keeps channel subscribed on the backend until ctx
-	// ends, calling hc.markReady each time the subscription is confirmed.
-	feed   func(ctx context.Context, hc *hubChan)
-	shared *sharedFeed
+	shared feeder // nil on memory
 	linger time.Duration
 	m      *metrics
 
 	mu    sync.RWMutex
 	chans map[string]*hubChan
-	// closing holds, per channel, the done channel of a feed that is
-	// unsubscribing: a new feed of the channel waits for it, so that the
-	// old UNSUBSCRIBE cannot cancel the new SUBSCRIBE on a shared
-	// connection.
-	closing map[string]chan struct{}
+}
+
+// feeder keeps the channels of a broker's entries subscribed on the backend
+// (sharedFeed, clusterFeed). add and remove never block: the hub calls them
+// holding its lock. The feeder calls markReady on each confirmed
+// subscription and markNotReady when one is lost.
+type feeder interface {
+	add(hc *hubChan)
+	remove(hc *hubChan)
+	close()
 }
 
 // hubChan is one channel's entry. Its fields are guarded by hub.mu.
@@ -43,13 +44,11 @@ type hubChan struct {
 	ready     chan struct{}
 	readyDone bool
 	confirmed int // times the backend subscription was confirmed
-	cancel    context.CancelFunc
-	done      chan struct{}
 	lingerT   *time.Timer
 }
 
-func newHub(feed func(context.Context, *hubChan), m *metrics) *hub {
-	return &hub{feed: feed, linger: time.Second, m: m, chans: map[string]*hubChan{}, closing: map[string]chan struct{}{}}
+func newHub(m *metrics) *hub {
+	return &hub{linger: time.Second, m: m, chans: map[string]*hubChan{}}
 }
 
 // join adds s to channel's subscribers and returns the channel that is
@@ -59,21 +58,13 @@ func (h *hub) join(channel string, s *Subscription) <-chan struct{} {
 	defer h.mu.Unlock()
 	hc := h.chans[channel]
 	if hc == nil {
-		hc = &hubChan{h: h, name: channel, ready: make(chan struct{}), done: make(chan struct{})}
+		hc = &hubChan{h: h, name: channel, ready: make(chan struct{})}
 		h.chans[channel] = hc
-		switch {
-		case h.shared != nil:
-			close(hc.done) // no goroutine of its own
+		if h.shared != nil {
 			h.shared.add(hc)
-		case h.feed == nil:
+		} else {
 			hc.readyDone = true
 			close(hc.ready)
-			close(hc.done)
-		default:
-			ctx, cancel := context.WithCancel(context.Background())
-			hc.cancel = cancel
-			prev := h.closing[channel]
-			go h.run(ctx, hc, prev)
 		}
 	}
 	if hc.lingerT != nil {
@@ -105,7 +96,7 @@ func (h *hub) leave(channel string, s *Subscription) {
 	if len(hc.subs) > 0 {
 		return
 	}
-	if h.feed == nil && h.shared == nil {
+	if h.shared == nil {
 		delete(h.chans, channel)
 		return
 	}
@@ -116,32 +107,8 @@ func (h *hub) leave(channel string, s *Subscription) {
 			return
 		}
 		delete(h.chans, channel)
-		if h.shared != nil {
-			h.shared.remove(hc) // ordered after any SUBSCRIBE on the one connection
-			return
-		}
-		h.closing[channel] = hc.done
-		hc.cancel()
+		h.shared.remove(hc) // ordered after its SUBSCRIBE by the feeder
 	})
-}
-
-func (h *hub) run(ctx context.Context, hc *hubChan, prev chan struct{}) {
-	defer func() {
-		h.mu.Lock()
-		if h.closing[hc.name] == hc.done {
-			delete(h.closing, hc.name)
-		}
-		h.mu.Unlock()
-		close(hc.done)
-	}()
-	if prev != nil {
-		select {
-		case <-prev:
-		case <-ctx.Done():
-			return
-		}
-	}
-	h.feed(ctx, hc)
 }
 
 // deliver hands m to every local subscriber of its channel.
@@ -155,7 +122,7 @@ func (h *hub) deliver(m *Message) {
 	h.mu.RUnlock()
 }
 
-// deliverTo is deliver for a feed that knows its entry.
+// deliver is hub.deliver for a feeder that knows its entry.
 func (hc *hubChan) deliver(m *Message) {
 	hc.h.mu.RLock()
 	for _, s := range hc.subs {
@@ -198,17 +165,14 @@ func (hc *hubChan) markNotReady() bool {
 	return true
 }
 
-// close cancels every feed (Broker.Close).
+// close stops the feeder and the lingering entries (Broker.Close).
 func (h *hub) close() {
 	if h.shared != nil {
-		defer h.shared.close() // not under h.mu: the feed may be marking a channel ready
+		defer h.shared.close() // not under h.mu: the feeder may be marking an entry ready
 	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name, hc := range h.chans {
-		if hc.cancel != nil {
-			hc.cancel()
-		}
 		if hc.lingerT != nil {
 			hc.lingerT.Stop()
 		}

@@ -14,7 +14,7 @@ import (
 func NewMemory(cfg Config) Broker {
 	m := newMetrics(cfg.Registerer)
 	st := &memStore{cfg: cfg, chans: map[string]*memChan{}, idem: map[idemRef]idemEntry{}, pres: map[string]PresenceState{}}
-	b := &broker{cfg: cfg, kind: "memory", st: st, hub: newHub(nil, m), m: m}
+	b := &broker{cfg: cfg, kind: "memory", st: st, hub: newHub(m), m: m}
 	st.hub = b.hub
 	return b
 }

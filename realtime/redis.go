@@ -5,7 +5,6 @@ import (
 	_ "embed"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -55,10 +54,10 @@ func NewRedis(client rueidis.Client, cfg Config) (Broker, error) {
 		m:       m,
 	}
 	b := &broker{cfg: cfg, kind: "redis", st: st, m: m}
+	b.hub = newHub(m)
 	if st.sharded {
-		b.hub = newHub(st.feed, m)
+		b.hub.shared = newClusterFeed(st)
 	} else {
-		b.hub = newHub(nil, m)
 		b.hub.shared = newSharedFeed(st)
 	}
 	return b, nil
@@ -319,63 +318,6 @@ func (s *redisStore) fail(op string, err error) {
 		return
 	}
 	s.log.Log(errorLevel, "realtime: redis call failed", "op", op, "err", err.Error())
-}
-
-// feed keeps hc's channel subscribed on Cluster (SSUBSCRIBE, which rueidis
-// routes to the slot's node; a single Redis has sharedFeed) until ctx ends. Pub/Sub is
-// at-most-once: when the subscription is lost (connection killed, node
-// failover, slot moved) feed subscribes again, and hc.markReady makes every
-// subscriber repair the channel from history, so nothing is silently
-// missed.
-func (s *redisStore) feed(ctx context.Context, hc *hubChan) {
-	ps := s.keysFor(hc.name).ps
-	const subKind = "ssubscribe"
-	backoff := 20 * time.Millisecond
-	for {
-		rctx := rueidis.WithOnSubscriptionHook(ctx, func(p rueidis.PubSubSubscription) {
-			// On the connection's reading goroutine: nothing blocks here.
-			if p.Kind == subKind && p.Channel == ps {
-				hc.markReady()
-			}
-		})
-		rctx = rueidis.WithOnReceiveReturnHook(rctx, func(err error, c rueidis.CommandClient) error {
-			// Receive returns on cancellation without telling the server;
-			// unsubscribe on the same connection, or the server keeps
-			// sending the channel's messages to it.
-			if ctx.Err() != nil {
-				uctx, cancel := context.WithTimeout(context.Background(), s.cfg.timeout())
-				defer cancel()
-				_ = c.Do(uctx, c.B().Sunsubscribe().Channel(ps).Build()).Error()
-			}
-			return err
-		})
-		err := s.client.Receive(rctx, s.client.B().Ssubscribe().Channel(ps).Build(), func(msg rueidis.PubSubMessage) {
-			m, perr := parsePayload(hc.name, msg.Message)
-			if perr != nil {
-				s.log.Log(errorLevel, "realtime: dropped a malformed Pub/Sub message", "err", perr.Error())
-				return
-			}
-			hc.deliver(m)
-		})
-		if hc.markNotReady() {
-			backoff = 20 * time.Millisecond // it worked for a while
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
-			s.m.event("redis", "subscription_lost", 1)
-			s.log.Log(warnLevel, "realtime: Pub/Sub subscription lost; resubscribing, then repairing from history", "err", err.Error())
-		}
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return
-		}
-		backoff = min(2*backoff, 2*time.Second)
-	}
 }
 
 func ms(d time.Duration) string { return strconv.FormatInt(max(d.Milliseconds(), 1), 10) }

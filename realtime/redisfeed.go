@@ -217,10 +217,10 @@ func (f *sharedFeed) apply(dc rueidis.DedicatedClient) error {
 	for _, op := range f.ops {
 		hc, st := f.want[op.ps], f.state[op.ps]
 		switch {
-		case hc != nil && st == subConfirmed:
-			// A new entry of a channel still subscribed. The hub removes an
-			// entry before it makes the next one of its channel, so this is
-			// defensive: without it such an entry would never be ready.
+		case op.add && hc != nil && st == subConfirmed:
+			// A new entry of a channel still subscribed: its old entry left
+			// and the new one joined before the leave was acted on (the
+			// leave's op then finds the new entry and unsubscribes nothing).
 			ready = append(ready, hc)
 		case hc != nil && (st == subNone || st == subLeaving):
 			f.state[op.ps] = subPending

@@ -97,6 +97,102 @@ func ClusterURL(t testing.TB) string {
 	return clusterURL
 }
 
+// NewCluster starts a private n-node cluster, stopped when the test ends,
+// for tests that change its topology (MoveSlot). It returns its URL (the
+// form of ClusterURL) and the nodes' addresses.
+func NewCluster(t testing.TB, n int) (url string, addrs []string) {
+	t.Helper()
+	nodes, u, err := startCluster(n)
+	if err != nil {
+		t.Fatalf("redistest: %v", err)
+	}
+	t.Cleanup(func() {
+		for _, s := range nodes {
+			s.stop()
+		}
+	})
+	for _, s := range nodes {
+		addrs = append(addrs, s.Addr)
+	}
+	return u, addrs
+}
+
+// MoveSlot moves slot, with its keys, to the node at addr, the way a
+// resharding does (SETSLOT IMPORTING / MIGRATING, MIGRATE, SETSLOT NODE on
+// every node).
+func MoveSlot(t testing.TB, addrs []string, slot int, to string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clients := map[string]rueidis.Client{}
+	ids := map[string]string{}
+	for _, a := range addrs {
+		c, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{a}, ForceSingleClient: true, DisableCache: true})
+		if err != nil {
+			t.Fatalf("redistest: %v", err)
+		}
+		defer c.Close()
+		clients[a] = c
+		id, err := c.Do(ctx, c.B().Arbitrary("CLUSTER", "MYID").Build()).ToString()
+		if err != nil {
+			t.Fatalf("redistest: cluster myid: %v", err)
+		}
+		ids[a] = id
+	}
+	from := ""
+	for a, c := range clients {
+		nodes, err := c.Do(ctx, c.B().Arbitrary("CLUSTER", "NODES").Build()).ToString()
+		if err != nil {
+			t.Fatalf("redistest: cluster nodes: %v", err)
+		}
+		for _, line := range strings.Split(nodes, "\n") {
+			f := strings.Fields(line)
+			if len(f) < 9 || !strings.Contains(f[2], "myself") {
+				continue
+			}
+			for _, r := range f[8:] {
+				lo, hi, _ := strings.Cut(r, "-")
+				l, err1 := strconv.Atoi(lo)
+				h, err2 := strconv.Atoi(hi)
+				if hi == "" {
+					h, err2 = l, nil
+				}
+				if err1 == nil && err2 == nil && l <= slot && slot <= h {
+					from = a
+				}
+			}
+		}
+	}
+	if from == "" || from == to {
+		t.Fatalf("redistest: slot %d is on %q; cannot move it to %s", slot, from, to)
+	}
+	sl := strconv.Itoa(slot)
+	do := func(c rueidis.Client, args ...string) {
+		if err := c.Do(ctx, c.B().Arbitrary(args[0]).Args(args[1:]...).Build()).Error(); err != nil {
+			t.Fatalf("redistest: %v: %v", args, err)
+		}
+	}
+	do(clients[to], "CLUSTER", "SETSLOT", sl, "IMPORTING", ids[from])
+	do(clients[from], "CLUSTER", "SETSLOT", sl, "MIGRATING", ids[to])
+	host, port, _ := net.SplitHostPort(to)
+	for {
+		keys, err := clients[from].Do(ctx, clients[from].B().Arbitrary("CLUSTER", "GETKEYSINSLOT").Args(sl, "100").Build()).AsStrSlice()
+		if err != nil {
+			t.Fatalf("redistest: getkeysinslot: %v", err)
+		}
+		if len(keys) == 0 {
+			break
+		}
+		do(clients[from], append([]string{"MIGRATE", host, port, "", "0", "5000", "KEYS"}, keys...)...)
+	}
+	do(clients[to], "CLUSTER", "SETSLOT", sl, "NODE", ids[to])
+	for _, a := range addrs {
+		if a != to {
+			do(clients[a], "CLUSTER", "SETSLOT", sl, "NODE", ids[to])
+		}
+	}
+}
+
 // Client returns a new rueidis client for url, closed when the test ends.
 // Each call makes an independent client: use several to play several
 // application instances.

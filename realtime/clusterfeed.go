@@ -1,0 +1,445 @@
+package realtime
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/redis/rueidis"
+)
+
+// clusterFeed is sharedFeed for Redis Cluster: sharded Pub/Sub (SSUBSCRIBE)
+// must reach the node that owns each channel's slot, and a dedicated rueidis
+// connection of the cluster client is bound to one slot. So the broker keeps
+// one dedicated connection per node (a nodeFeed, over the node's own client
+// from Client.Nodes) and a router that sends each channel to its slot's
+// node: learned from MOVED replies (which name the owner), guessed before.
+//
+// When a node's connection is lost, or the server ends a subscription
+// itself (its slot moved to another node), the channels go back to the
+// router, which subscribes them where their slot now lives; their
+// confirmation makes the subscribers repair from history, as on a single
+// Redis. One goroutine per node plus the router, whatever the number of
+// channels.
+type clusterFeed struct {
+	s      *redisStore
+	ctx    context.Context
+	cancel context.CancelFunc
+	kick   chan struct{}
+	wg     sync.WaitGroup
+
+	mu      sync.Mutex
+	want    map[string]*hubChan  // Pub/Sub channel name -> entry
+	on      map[string]*nodeFeed // channel -> the node feed it is given to
+	nodes   map[string]*nodeFeed // address -> feed
+	slots   map[uint16]string    // slot -> owner's address, from MOVED
+	pending map[string]bool      // channels to route
+	lost    bool                 // a node feed ended: back off before routing
+}
+
+func newClusterFeed(s *redisStore) *clusterFeed {
+	ctx, cancel := context.WithCancel(context.Background())
+	f := &clusterFeed{
+		s: s, ctx: ctx, cancel: cancel, kick: make(chan struct{}, 1),
+		want: map[string]*hubChan{}, on: map[string]*nodeFeed{}, nodes: map[string]*nodeFeed{},
+		slots: map[uint16]string{}, pending: map[string]bool{},
+	}
+	f.wg.Add(1)
+	go f.route()
+	return f
+}
+
+func (f *clusterFeed) add(hc *hubChan) {
+	ps := f.s.keysFor(hc.name).ps
+	f.mu.Lock()
+	f.want[ps] = hc
+	f.pending[ps] = true
+	f.mu.Unlock()
+	f.wake()
+}
+
+func (f *clusterFeed) remove(hc *hubChan) {
+	ps := f.s.keysFor(hc.name).ps
+	f.mu.Lock()
+	if f.want[ps] == hc {
+		delete(f.want, ps)
+		delete(f.pending, ps)
+		if nf := f.on[ps]; nf != nil {
+			delete(f.on, ps)
+			nf.remove(ps)
+		}
+	}
+	f.mu.Unlock()
+}
+
+func (f *clusterFeed) wake() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (f *clusterFeed) close() {
+	f.cancel()
+	f.wg.Wait()
+}
+
+// reroute takes channels back from nf (its connection was lost, or the
+// server moved them): the router subscribes them again where they now live.
+func (f *clusterFeed) reroute(nf *nodeFeed, chans []string, movedTo map[string]string, lost bool) {
+	f.mu.Lock()
+	for _, ps := range chans {
+		if f.on[ps] == nf {
+			delete(f.on, ps)
+		}
+		if _, ok := f.want[ps]; ok {
+			f.pending[ps] = true
+		}
+		if addr := movedTo[ps]; addr != "" {
+			f.slots[slotOf(ps)] = addr
+		} else {
+			delete(f.slots, slotOf(ps)) // ask again
+		}
+	}
+	if lost {
+		if f.nodes[nf.addr] == nf {
+			delete(f.nodes, nf.addr)
+		}
+		f.lost = true
+	}
+	f.mu.Unlock()
+	f.wake()
+}
+
+// route is the router's goroutine.
+func (f *clusterFeed) route() {
+	defer f.wg.Done()
+	defer func() {
+		f.mu.Lock()
+		nodes := f.nodes
+		f.nodes = map[string]*nodeFeed{}
+		f.mu.Unlock()
+		for _, nf := range nodes {
+			nf.stop()
+		}
+	}()
+	backoff := 20 * time.Millisecond
+	for {
+		select {
+		case <-f.kick:
+		case <-f.ctx.Done():
+			return
+		}
+		f.mu.Lock()
+		lost := f.lost
+		f.lost = false
+		f.mu.Unlock()
+		if lost {
+			if !sleepCtx(f.ctx, jitter(backoff)) {
+				return
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		} else {
+			backoff = 20 * time.Millisecond
+		}
+		var clients map[string]rueidis.Client
+		f.mu.Lock()
+		for ps := range f.pending {
+			hc := f.want[ps]
+			if hc == nil {
+				delete(f.pending, ps)
+				continue
+			}
+			addr := f.slots[slotOf(ps)]
+			nf := f.nodes[addr]
+			if nf == nil {
+				if clients == nil {
+					clients = f.s.client.Nodes()
+				}
+				if _, ok := clients[addr]; !ok {
+					if addr != "" {
+						// MOVED named a node the client does not know yet:
+						// a keyed command through the cluster client makes
+						// it learn the topology; meanwhile back off.
+						f.lost = true
+						go f.s.client.Do(f.ctx, f.s.client.B().Exists().Key(ps).Build())
+						break
+					}
+					addr = anyAddr(clients)
+				}
+				if nf = f.nodes[addr]; nf == nil {
+					c := clients[addr]
+					if c == nil {
+						f.lost = true // no node known yet: try again
+						break
+					}
+					nf = newNodeFeed(f, addr, c)
+					f.nodes[addr] = nf
+				}
+			}
+			delete(f.pending, ps)
+			f.on[ps] = nf
+			nf.add(ps, hc)
+		}
+		again := f.lost || len(f.pending) > 0
+		f.mu.Unlock()
+		if again {
+			f.wake()
+		}
+	}
+}
+
+func anyAddr(m map[string]rueidis.Client) string {
+	for a := range m {
+		return a
+	}
+	return ""
+}
+
+func jitter(d time.Duration) time.Duration { return d/2 + rand.N(d/2+1) }
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// nodeFeed is one node's dedicated Pub/Sub connection: the channels the
+// router gave it, sharded subscriptions, one goroutine.
+type nodeFeed struct {
+	f      *clusterFeed
+	addr   string
+	client rueidis.Client
+	kick   chan struct{}
+	done   chan struct{}
+	quit   chan struct{}
+	once   sync.Once
+
+	mu    sync.RWMutex
+	want  map[string]*hubChan
+	state map[string]subState
+	ops   []feedOp
+}
+
+func newNodeFeed(f *clusterFeed, addr string, c rueidis.Client) *nodeFeed {
+	nf := &nodeFeed{f: f, addr: addr, client: c, kick: make(chan struct{}, 1), done: make(chan struct{}),
+		quit: make(chan struct{}), want: map[string]*hubChan{}, state: map[string]subState{}}
+	go nf.run()
+	return nf
+}
+
+func (nf *nodeFeed) add(ps string, hc *hubChan) {
+	nf.mu.Lock()
+	nf.want[ps] = hc
+	nf.ops = append(nf.ops, feedOp{ps: ps, add: true})
+	nf.mu.Unlock()
+	nf.wake()
+}
+
+func (nf *nodeFeed) remove(ps string) {
+	nf.mu.Lock()
+	delete(nf.want, ps)
+	nf.ops = append(nf.ops, feedOp{ps: ps})
+	nf.mu.Unlock()
+	nf.wake()
+}
+
+func (nf *nodeFeed) wake() {
+	select {
+	case nf.kick <- struct{}{}:
+	default:
+	}
+}
+
+func (nf *nodeFeed) stop() {
+	nf.once.Do(func() { close(nf.quit) })
+	<-nf.done
+}
+
+func (nf *nodeFeed) onMessage(msg rueidis.PubSubMessage) {
+	nf.mu.RLock()
+	hc := nf.want[msg.Channel]
+	nf.mu.RUnlock()
+	if hc == nil {
+		return
+	}
+	m, err := parsePayload(hc.name, msg.Message)
+	if err != nil {
+		nf.f.s.log.Log(errorLevel, "realtime: dropped a malformed Pub/Sub message", "err", err.Error())
+		return
+	}
+	hc.deliver(m)
+}
+
+func (nf *nodeFeed) onSubscription(p rueidis.PubSubSubscription) {
+	var ready, moved *hubChan
+	nf.mu.Lock()
+	switch p.Kind {
+	case "ssubscribe":
+		if nf.state[p.Channel] == subPending {
+			nf.state[p.Channel] = subConfirmed
+			ready = nf.want[p.Channel]
+		}
+	case "sunsubscribe":
+		switch nf.state[p.Channel] {
+		case subLeaving:
+			delete(nf.state, p.Channel)
+		case subPending, subConfirmed:
+			// Not asked for: the slot moved to another node.
+			delete(nf.state, p.Channel)
+			moved = nf.want[p.Channel]
+			delete(nf.want, p.Channel)
+		}
+	}
+	nf.mu.Unlock()
+	if ready != nil {
+		ready.markReady()
+	}
+	if moved != nil {
+		moved.markNotReady()
+		// Not on the reading goroutine's stack: reroute takes the router's lock.
+		go nf.f.reroute(nf, []string{p.Channel}, nil, false)
+	}
+}
+
+func (nf *nodeFeed) run() {
+	defer close(nf.done)
+	dc, release := nf.client.Dedicate()
+	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: nf.onMessage, OnSubscription: nf.onSubscription})
+	err := nf.serve(dc, lost)
+	dc.Close()
+	release()
+	select {
+	case <-nf.quit:
+		return // the broker is closing
+	default:
+	}
+	nf.f.s.m.event("redis", "subscription_lost", 1)
+	nf.f.s.log.Log(warnLevel, "realtime: Pub/Sub connection to a Cluster node lost; resubscribing, then repairing from history",
+		"node", nf.addr, "err", errString(err))
+	nf.mu.Lock()
+	chans := make([]string, 0, len(nf.want))
+	hcs := make([]*hubChan, 0, len(nf.want))
+	for ps, hc := range nf.want {
+		chans = append(chans, ps)
+		hcs = append(hcs, hc)
+	}
+	nf.want, nf.state, nf.ops = map[string]*hubChan{}, map[string]subState{}, nil
+	nf.mu.Unlock()
+	for _, hc := range hcs {
+		hc.markNotReady()
+	}
+	nf.f.reroute(nf, chans, nil, true)
+}
+
+func (nf *nodeFeed) serve(dc rueidis.DedicatedClient, lost <-chan error) error {
+	for {
+		if err := nf.apply(dc); err != nil {
+			return err
+		}
+		select {
+		case <-nf.kick:
+		case err := <-lost:
+			if err == nil {
+				err = errors.New("connection closed")
+			}
+			return err
+		case <-nf.quit:
+			return nil
+		}
+	}
+}
+
+// apply sends the SSUBSCRIBE and SUNSUBSCRIBE the queued ops need, one
+// command per channel (channels of different slots cannot share one),
+// pipelined. Channels the node does not own (MOVED) go back to the router
+// with the owner's address.
+func (nf *nodeFeed) apply(dc rueidis.DedicatedClient) error {
+	nf.mu.Lock()
+	var cmds rueidis.Commands
+	var subs []string
+	var ready []*hubChan
+	for _, op := range nf.ops {
+		hc, st := nf.want[op.ps], nf.state[op.ps]
+		switch {
+		case op.add && hc != nil && st == subConfirmed:
+			// A new entry of a channel still subscribed here (its old entry
+			// left and a new one came before the leave was acted on).
+			ready = append(ready, hc)
+		case hc != nil && (st == subNone || st == subLeaving):
+			nf.state[op.ps] = subPending
+			cmds = append(cmds, dc.B().Ssubscribe().Channel(op.ps).Build())
+			subs = append(subs, op.ps)
+		case hc == nil && (st == subPending || st == subConfirmed):
+			nf.state[op.ps] = subLeaving
+			cmds = append(cmds, dc.B().Sunsubscribe().Channel(op.ps).Build())
+			subs = append(subs, "")
+		}
+	}
+	nf.ops = nf.ops[:0]
+	nf.mu.Unlock()
+	for _, hc := range ready {
+		hc.markReady()
+	}
+	if len(cmds) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(nf.f.ctx, nf.f.s.cfg.timeout())
+	defer cancel()
+	var moved []string
+	movedTo := map[string]string{}
+	for i, res := range dc.DoMulti(ctx, cmds...) {
+		err := res.Error()
+		if err == nil {
+			continue
+		}
+		var re *rueidis.RedisError
+		if errors.As(err, &re) && subs[i] != "" {
+			if addr, ok := re.IsMoved(); ok {
+				moved = append(moved, subs[i])
+				movedTo[subs[i]] = addr
+				continue
+			}
+		}
+		return err
+	}
+	if len(moved) > 0 {
+		nf.mu.Lock()
+		for _, ps := range moved {
+			delete(nf.want, ps)
+			delete(nf.state, ps)
+		}
+		nf.mu.Unlock()
+		nf.f.reroute(nf, moved, movedTo, false)
+	}
+	return nil
+}
+
+// slotOf is the Cluster slot of a key: CRC16 (XMODEM) of its hash tag.
+func slotOf(key string) uint16 {
+	if i := strings.IndexByte(key, '{'); i >= 0 {
+		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
+			key = key[i+1 : i+1+j]
+		}
+	}
+	var crc uint16
+	for k := 0; k < len(key); k++ {
+		crc ^= uint16(key[k]) << 8
+		for range 8 {
+			if crc&0x8000 != 0 {
+				crc = crc<<1 ^ 0x1021
+			} else {
+				crc <<= 1
+			}
+		}
+	}
+	return crc % 16384
+}

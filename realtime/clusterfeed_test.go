@@ -1,0 +1,71 @@
+package realtime
+
+import (
+	"testing"
+
+	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testutil"
+)
+
+// slotOf must agree with Redis (CLUSTER KEYSLOT): the Cluster feed routes
+// each channel to its slot's node with it.
+func TestSlotOfMatchesRedis(t *testing.T) {
+	t.Parallel()
+	c := redistest.Client(t, redistest.ClusterURL(t))
+	for _, key := range []string{
+		"", "a", "appt:42", "eleva:rt:{appt:42}:ps", "{}", "{}x", "x{}y", "{a}{b}", "a{b", "a}b{c}",
+		"{user1000}.following", "foo{bar}{zap}", "é{ü}", "eleva:rt:{presence:expert:9}:ps",
+	} {
+		want, err := c.Do(ctxb, c.B().ClusterKeyslot().Key(key).Build()).AsInt64()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := slotOf(key); int64(got) != want {
+			t.Errorf("slotOf(%q) = %d, CLUSTER KEYSLOT = %d", key, got, want)
+		}
+	}
+}
+
+// A resharding moves a channel's slot to another node: the server ends the
+// sharded subscription there, and the feed subscribes on the new owner
+// (repairing from history what was published in between). Run on a private
+// cluster: it changes the topology.
+func TestClusterSlotMoved(t *testing.T) {
+	t.Parallel()
+	url, addrs := redistest.NewCluster(t, 3)
+	b, err := NewRedis(redistest.Client(t, url), quiet(Config{Prefix: redistest.Prefix(t)}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	const ch = "appt:moved"
+	s := testutil.Must[*Subscription](t, "Subscribe")(b.Subscribe(ctxb, []string{ch}, nil))
+	defer s.Close()
+	testutil.Must[Position](t, "Publish")(b.Publish(ctxb, ch, []byte("1")))
+	wantMessage(t, next(t, s), ch, 1, "1")
+
+	ps := b.(*broker).st.(*redisStore).keysFor(ch).ps
+	slot := int(slotOf(ps))
+	owner := b.(*broker).hub.shared.(*clusterFeed)
+	owner.mu.Lock()
+	from := owner.on[ps].addr
+	owner.mu.Unlock()
+	to := addrs[0]
+	if to == from {
+		to = addrs[1]
+	}
+	redistest.MoveSlot(t, addrs, slot, to)
+
+	// The next publish follows MOVED; the subscriber gets it live or by
+	// repair, and the one after that only if the subscription moved too.
+	for i, data := range []string{"2", "3", "4"} {
+		testutil.Must[Position](t, "Publish")(b.Publish(ctxb, ch, []byte(data)))
+		wantMessage(t, next(t, s), ch, uint64(i+2), data)
+	}
+	owner.mu.Lock()
+	now := owner.on[ps]
+	owner.mu.Unlock()
+	if now == nil || now.addr != to {
+		t.Fatalf("the channel is subscribed on %v, want the slot's new owner %s", now, to)
+	}
+}
