@@ -321,6 +321,9 @@ func (nf *nodeFeed) run() {
 	case <-nf.quit:
 		return // the broker is closing
 	default:
+		if nf.f.ctx.Err() != nil {
+			return
+		}
 	}
 	nf.f.s.m.event("redis", "subscription_lost", 1)
 	nf.f.s.log.Log(warnLevel, "realtime: Pub/Sub connection to a Cluster node lost; resubscribing, then repairing from history",
