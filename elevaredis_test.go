@@ -152,6 +152,20 @@ func TestOpenURLForms(t *testing.T) {
 				if got, err := c2.Do(ctx, c2.B().Get().Key(key).Build()).ToString(); err != nil || got != "v1" {
 					t.Errorf("GET from the second instance = %q, %v; want v1", got, err)
 				}
+				// Real-time Pub/Sub runs on a dedicated connection of the
+				// client (per node on Cluster): what one instance publishes,
+				// the other's subscriber receives, on every form of URL.
+				sub, err := e1.Realtime.Subscribe(ctx, []string{"appt:url"}, nil)
+				if err != nil {
+					t.Fatalf("Subscribe: %v", err)
+				}
+				defer sub.Close()
+				if _, err := e2.Realtime.Publish(ctx, "appt:url", []byte(`{"v":1}`)); err != nil {
+					t.Fatalf("Publish: %v", err)
+				}
+				if ev, err := sub.Next(ctx); err != nil || ev.Message == nil || string(ev.Message.Data) != `{"v":1}` {
+					t.Errorf("Next on the first instance = %+v, %v; want the second one's message", ev, err)
+				}
 			}
 
 			// Limit 2: the first instance takes both units. On Redis the
