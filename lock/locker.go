@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"time"
+
+	"github.com/redis/rueidis"
 )
 
 // This file holds what both backends share: input validation, tokens, the
@@ -214,6 +216,8 @@ func (l *locker) acquire(ctx context.Context, name string, ttl, wait time.Durati
 			// The caller's ctx ended during the try. (Had the script run,
 			// the backend abandons the token: the lock is released.)
 			return nil, fmt.Errorf("%w: %w", ErrHeld, err)
+		case errors.Is(err, rueidis.ErrClosing):
+			return nil, err // the client is closed: no retry can succeed
 		case failingSince.IsZero():
 			failingSince = time.Now()
 		}

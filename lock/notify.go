@@ -2,6 +2,7 @@ package lock
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"sync"
 	"time"
@@ -219,8 +220,8 @@ func (n *notifier) run(ctx context.Context, s *subscription, prev chan struct{})
 		if n.markNotReady(s) {
 			backoff = 50 * time.Millisecond // it worked for a while
 		}
-		if ctx.Err() != nil {
-			return
+		if ctx.Err() != nil || errors.Is(err, rueidis.ErrClosing) {
+			return // the client is closed: nothing to subscribe again on
 		}
 		// The subscription ended by itself: connection lost, slot migrated,
 		// server down. Waiters poll meanwhile; subscribe again after a pause.

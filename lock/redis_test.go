@@ -15,6 +15,7 @@ import (
 
 	"github.com/elevacare/eleva-redis/internal/keys"
 	"github.com/elevacare/eleva-redis/internal/redistest"
+	"github.com/elevacare/eleva-redis/internal/testlog"
 	"github.com/elevacare/eleva-redis/internal/testutil"
 )
 
@@ -326,7 +327,10 @@ func TestRedisNotifications(t *testing.T) {
 			raw := redistest.Client(t, url)
 			prefix := redistest.Prefix(t)
 			holderL := newTestRedis(t, redistest.Client(t, url), Config{Prefix: prefix})
-			waitL := newTestRedis(t, redistest.Client(t, url), Config{Prefix: prefix})
+			// Named, so that the kill below cuts only this test's
+			// subscription: other tests share the servers.
+			waitName := strings.TrimSuffix(prefix, ":") + "-waiter"
+			waitL := newTestRedis(t, redistest.ClientNamed(t, url, waitName), Config{Prefix: prefix})
 			sharded := raw.Mode() == rueidis.ClientModeCluster
 			if holderL.b.(*redisBackend).publish != map[bool]string{true: "SPUBLISH", false: "PUBLISH"}[sharded] {
 				t.Fatalf("publish command %q on a %s client", holderL.b.(*redisBackend).publish, raw.Mode())
@@ -423,15 +427,22 @@ func TestRedisNotifications(t *testing.T) {
 
 			// Kill the subscription's connection: the waiters still get the
 			// lock (poll, then resubscription), and it is subscribed again.
-			killed, err := raw.Do(ctx, raw.B().ClientKill().TypePubsub().Build()).AsInt64()
-			if target.name == "redis" && (err != nil || killed < 1) {
-				// On Cluster the subscriber is on one node of three; a
-				// command reaches one node, so only check standalone.
-				t.Fatalf("CLIENT KILL TYPE pubsub: %d, %v; want the subscriber killed", killed, err)
+			killed := 0
+			for _, n := range raw.Nodes() {
+				ids, err := redistest.ClientIDs(ctx, n, "pubsub", waitName)
+				if err != nil {
+					t.Fatalf("CLIENT LIST: %v", err)
+				}
+				for _, id := range ids {
+					if n.Do(ctx, n.B().Arbitrary("CLIENT", "KILL", "ID").Args(strconv.FormatInt(id, 10)).Build()).Error() == nil {
+						killed++
+					}
+				}
 			}
-			if target.name == "redis" {
-				eventually("resubscribed", func() bool { return numsub() == 1 })
+			if killed < 1 {
+				t.Fatalf("killed %d Pub/Sub connections of the waiting Locker, want its subscriber's", killed)
 			}
+			eventually("resubscribed", func() bool { return numsub() == 1 })
 			if err := holder.Release(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -477,5 +488,54 @@ func TestRedisBadConfig(t *testing.T) {
 		if err := l.Release(ctx, "x", "t"); !errors.Is(err, tc.want) {
 			t.Errorf("%s: Release: %v, want %v", tc.name, err, tc.want)
 		}
+	}
+}
+
+// A client closed under a waiting Locker (the process shutting down) ends
+// its release subscription at once: the notifier does not retry a closed
+// client, nor log "interrupted" warnings while the waiters give up.
+func TestRedisNotifierStopsOnClosedClient(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	url := redistest.URL(t)
+	prefix := redistest.Prefix(t)
+	holderL := newTestRedis(t, redistest.Client(t, url), Config{Prefix: prefix})
+	logger, logs := testlog.Logger()
+	c := redistest.Client(t, url) // closed below; closing again at cleanup is harmless
+	waitL := newTestRedis(t, c, Config{Prefix: prefix, Logger: logger})
+	holder := mustAcquire(t, holderL, "n", longTTL)
+	defer holder.Release(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := waitL.Acquire(ctx, "n", longTTL, Wait(5*time.Second))
+		errc <- err
+	}()
+	notify := waitL.b.(*redisBackend).notify
+	_, _, ch := waitL.b.(*redisBackend).keysOf("n")
+	var s *subscription
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		notify.mu.Lock()
+		if x := notify.subs[ch]; x != nil && x.readyDone {
+			s = x
+		}
+		notify.mu.Unlock()
+		if s != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the waiter's subscription was not confirmed within 5s")
+		}
+	}
+	c.Close()
+	select {
+	case <-s.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the notifier still runs 10s after its client closed")
+	}
+	if err := <-errc; err == nil {
+		t.Error("Acquire on a closed client succeeded")
+	}
+	if strings.Contains(logs.String(), "interrupted") {
+		t.Errorf("the notifier logged a lost subscription for a closed client:\n%s", logs.String())
 	}
 }

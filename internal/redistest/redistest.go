@@ -223,6 +223,8 @@ func ClientIDs(ctx context.Context, node rueidis.Client, typ, name string) ([]in
 	if err != nil {
 		return nil, err
 	}
+	// RESP3 answers a verbatim string: "txt:" precedes the first line.
+	list = strings.TrimPrefix(list, "txt:")
 	var ids []int64
 	for _, line := range strings.Split(list, "\n") {
 		var id int64 = -1
