@@ -180,9 +180,17 @@ func (f *clusterFeed) route() {
 					f.nodes[addr] = nf
 				}
 			}
+			if !nf.add(ps, hc) {
+				// That feed just ended: a new one for its node, after the
+				// backoff (its channels come back through reroute).
+				if f.nodes[nf.addr] == nf {
+					delete(f.nodes, nf.addr)
+				}
+				f.lost = true
+				break
+			}
 			delete(f.pending, ps)
 			f.on[ps] = nf
-			nf.add(ps, hc)
 		}
 		again := f.lost || len(f.pending) > 0
 		f.mu.Unlock()
@@ -227,6 +235,7 @@ type nodeFeed struct {
 	want  map[string]*hubChan
 	state map[string]subState
 	ops   []feedOp
+	dead  bool // run has ended (or is handing its channels back)
 }
 
 func newNodeFeed(f *clusterFeed, addr string, c rueidis.Client) *nodeFeed {
@@ -236,12 +245,19 @@ func newNodeFeed(f *clusterFeed, addr string, c rueidis.Client) *nodeFeed {
 	return nf
 }
 
-func (nf *nodeFeed) add(ps string, hc *hubChan) {
+// add gives the feed channel ps; false when the feed has ended (its
+// connection was lost and its channels handed back): route elsewhere.
+func (nf *nodeFeed) add(ps string, hc *hubChan) bool {
 	nf.mu.Lock()
+	if nf.dead {
+		nf.mu.Unlock()
+		return false
+	}
 	nf.want[ps] = hc
 	nf.ops = append(nf.ops, feedOp{ps: ps, add: true})
 	nf.mu.Unlock()
 	nf.wake()
+	return true
 }
 
 func (nf *nodeFeed) remove(ps string) {
@@ -329,6 +345,7 @@ func (nf *nodeFeed) run() {
 	nf.f.s.log.Log(warnLevel, "realtime: Pub/Sub connection to a Cluster node lost; resubscribing, then repairing from history",
 		"node", nf.addr, "err", errString(err))
 	nf.mu.Lock()
+	nf.dead = true // from now on the router's adds fail and go elsewhere
 	chans := make([]string, 0, len(nf.want))
 	hcs := make([]*hubChan, 0, len(nf.want))
 	for ps, hc := range nf.want {
