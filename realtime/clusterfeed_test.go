@@ -2,6 +2,7 @@ package realtime
 
 import (
 	"testing"
+	"time"
 
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testutil"
@@ -33,7 +34,9 @@ func TestSlotOfMatchesRedis(t *testing.T) {
 func TestClusterSlotMoved(t *testing.T) {
 	t.Parallel()
 	url, addrs := redistest.NewCluster(t, 3)
-	b, err := NewRedis(redistest.Client(t, url), quiet(Config{Prefix: redistest.Prefix(t)}))
+	// A generous timeout: the first calls after the move follow MOVED and
+	// refresh the client's topology, under the load of parallel tests.
+	b, err := NewRedis(redistest.Client(t, url), quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second}))
 	if err != nil {
 		t.Fatal(err)
 	}
