@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"strings"
 	"sync"
@@ -69,7 +68,7 @@ func (f *clusterFeed) remove(hc *hubChan) {
 		delete(f.pending, ps)
 		if nf := f.on[ps]; nf != nil {
 			delete(f.on, ps)
-			nf.remove(ps)
+			nf.cs.remove(ps, hc)
 		}
 	}
 	f.mu.Unlock()
@@ -180,7 +179,7 @@ func (f *clusterFeed) route() {
 					f.nodes[addr] = nf
 				}
 			}
-			if !nf.add(ps, hc) {
+			if !nf.cs.add(ps, hc) {
 				// That feed just ended: a new one for its node, after the
 				// backoff (its channels come back through reroute).
 				if f.nodes[nf.addr] == nf {
@@ -221,58 +220,23 @@ func sleepCtx(ctx context.Context, d time.Duration) bool {
 }
 
 // nodeFeed is one node's dedicated Pub/Sub connection: the channels the
-// router gave it, sharded subscriptions, one goroutine.
+// router gave it (a channelSet of sharded subscriptions), one goroutine.
+// When its connection is lost it hands its channels back and ends.
 type nodeFeed struct {
 	f      *clusterFeed
 	addr   string
 	client rueidis.Client
-	kick   chan struct{}
+	cs     *channelSet
 	done   chan struct{}
 	quit   chan struct{}
 	once   sync.Once
-
-	mu    sync.RWMutex
-	want  map[string]*hubChan
-	state map[string]subState
-	ops   []feedOp
-	dead  bool // run has ended (or is handing its channels back)
 }
 
 func newNodeFeed(f *clusterFeed, addr string, c rueidis.Client) *nodeFeed {
-	nf := &nodeFeed{f: f, addr: addr, client: c, kick: make(chan struct{}, 1), done: make(chan struct{}),
-		quit: make(chan struct{}), want: map[string]*hubChan{}, state: map[string]subState{}}
+	nf := &nodeFeed{f: f, addr: addr, client: c, done: make(chan struct{}), quit: make(chan struct{})}
+	nf.cs = newChannelSet(f.s, true, func(chans []string, to map[string]string) { f.reroute(nf, chans, to, false) })
 	go nf.run()
 	return nf
-}
-
-// add gives the feed channel ps; false when the feed has ended (its
-// connection was lost and its channels handed back): route elsewhere.
-func (nf *nodeFeed) add(ps string, hc *hubChan) bool {
-	nf.mu.Lock()
-	if nf.dead {
-		nf.mu.Unlock()
-		return false
-	}
-	nf.want[ps] = hc
-	nf.ops = append(nf.ops, feedOp{ps: ps, add: true})
-	nf.mu.Unlock()
-	nf.wake()
-	return true
-}
-
-func (nf *nodeFeed) remove(ps string) {
-	nf.mu.Lock()
-	delete(nf.want, ps)
-	nf.ops = append(nf.ops, feedOp{ps: ps})
-	nf.mu.Unlock()
-	nf.wake()
-}
-
-func (nf *nodeFeed) wake() {
-	select {
-	case nf.kick <- struct{}{}:
-	default:
-	}
 }
 
 func (nf *nodeFeed) stop() {
@@ -280,167 +244,34 @@ func (nf *nodeFeed) stop() {
 	<-nf.done
 }
 
-func (nf *nodeFeed) onMessage(msg rueidis.PubSubMessage) {
-	nf.mu.RLock()
-	hc := nf.want[msg.Channel]
-	nf.mu.RUnlock()
-	if hc == nil {
-		return
-	}
-	m, err := parsePayload(hc.name, msg.Message)
-	if err != nil {
-		nf.f.s.log.Log(errorLevel, "realtime: dropped a malformed Pub/Sub message", "err", err.Error())
-		return
-	}
-	hc.deliver(m)
-}
-
-func (nf *nodeFeed) onSubscription(p rueidis.PubSubSubscription) {
-	var ready, moved *hubChan
-	nf.mu.Lock()
-	switch p.Kind {
-	case "ssubscribe":
-		if nf.state[p.Channel] == subPending {
-			nf.state[p.Channel] = subConfirmed
-			ready = nf.want[p.Channel]
-		}
-	case "sunsubscribe":
-		switch nf.state[p.Channel] {
-		case subLeaving:
-			delete(nf.state, p.Channel)
-		case subPending, subConfirmed:
-			// Not asked for: the slot moved to another node.
-			delete(nf.state, p.Channel)
-			moved = nf.want[p.Channel]
-			delete(nf.want, p.Channel)
-		}
-	}
-	nf.mu.Unlock()
-	if ready != nil {
-		ready.markReady()
-	}
-	if moved != nil {
-		moved.markNotReady()
-		// Not on the reading goroutine's stack: reroute takes the router's lock.
-		go nf.f.reroute(nf, []string{p.Channel}, nil, false)
-	}
-}
-
 func (nf *nodeFeed) run() {
 	defer close(nf.done)
+	ctx, cancel := context.WithCancel(nf.f.ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-nf.quit:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	dc, release := nf.client.Dedicate()
-	lost := dc.SetPubSubHooks(rueidis.PubSubHooks{OnMessage: nf.onMessage, OnSubscription: nf.onSubscription})
-	err := nf.serve(dc, lost)
+	lost := dc.SetPubSubHooks(rueidisHooks(nf.cs))
+	err := nf.cs.serve(ctx, dc, lost)
 	dc.Close()
 	release()
-	select {
-	case <-nf.quit:
+	if ctx.Err() != nil {
 		return // the broker is closing
-	default:
-		if nf.f.ctx.Err() != nil {
-			return
-		}
 	}
 	nf.f.s.m.event("redis", "subscription_lost", 1)
 	nf.f.s.log.Log(warnLevel, "realtime: Pub/Sub connection to a Cluster node lost; resubscribing, then repairing from history",
 		"node", nf.addr, "err", errString(err))
-	nf.mu.Lock()
-	nf.dead = true // from now on the router's adds fail and go elsewhere
-	chans := make([]string, 0, len(nf.want))
-	hcs := make([]*hubChan, 0, len(nf.want))
-	for ps, hc := range nf.want {
-		chans = append(chans, ps)
-		hcs = append(hcs, hc)
-	}
-	nf.want, nf.state, nf.ops = map[string]*hubChan{}, map[string]subState{}, nil
-	nf.mu.Unlock()
+	// From now on the router's adds fail and go to a new feed.
+	chans, hcs := nf.cs.takeAll()
 	for _, hc := range hcs {
 		hc.markNotReady()
 	}
 	nf.f.reroute(nf, chans, nil, true)
-}
-
-func (nf *nodeFeed) serve(dc rueidis.DedicatedClient, lost <-chan error) error {
-	for {
-		if err := nf.apply(dc); err != nil {
-			return err
-		}
-		select {
-		case <-nf.kick:
-		case err := <-lost:
-			if err == nil {
-				err = errors.New("connection closed")
-			}
-			return err
-		case <-nf.quit:
-			return nil
-		}
-	}
-}
-
-// apply sends the SSUBSCRIBE and SUNSUBSCRIBE the queued ops need, one
-// command per channel (channels of different slots cannot share one),
-// pipelined. Channels the node does not own (MOVED) go back to the router
-// with the owner's address.
-func (nf *nodeFeed) apply(dc rueidis.DedicatedClient) error {
-	nf.mu.Lock()
-	var cmds rueidis.Commands
-	var subs []string
-	var ready []*hubChan
-	for _, op := range nf.ops {
-		hc, st := nf.want[op.ps], nf.state[op.ps]
-		switch {
-		case op.add && hc != nil && st == subConfirmed:
-			// A new entry of a channel still subscribed here (its old entry
-			// left and a new one came before the leave was acted on).
-			ready = append(ready, hc)
-		case hc != nil && (st == subNone || st == subLeaving):
-			nf.state[op.ps] = subPending
-			cmds = append(cmds, dc.B().Ssubscribe().Channel(op.ps).Build())
-			subs = append(subs, op.ps)
-		case hc == nil && (st == subPending || st == subConfirmed):
-			nf.state[op.ps] = subLeaving
-			cmds = append(cmds, dc.B().Sunsubscribe().Channel(op.ps).Build())
-			subs = append(subs, "")
-		}
-	}
-	nf.ops = nf.ops[:0]
-	nf.mu.Unlock()
-	for _, hc := range ready {
-		hc.markReady()
-	}
-	if len(cmds) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(nf.f.ctx, nf.f.s.cfg.timeout())
-	defer cancel()
-	var moved []string
-	movedTo := map[string]string{}
-	for i, res := range dc.DoMulti(ctx, cmds...) {
-		err := res.Error()
-		if err == nil {
-			continue
-		}
-		var re *rueidis.RedisError
-		if errors.As(err, &re) && subs[i] != "" {
-			if addr, ok := re.IsMoved(); ok {
-				moved = append(moved, subs[i])
-				movedTo[subs[i]] = addr
-				continue
-			}
-		}
-		return err
-	}
-	if len(moved) > 0 {
-		nf.mu.Lock()
-		for _, ps := range moved {
-			delete(nf.want, ps)
-			delete(nf.state, ps)
-		}
-		nf.mu.Unlock()
-		nf.f.reroute(nf, moved, movedTo, false)
-	}
-	return nil
 }
 
 // slotOf is the Cluster slot of a key: CRC16 (XMODEM) of its hash tag.

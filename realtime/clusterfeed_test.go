@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/rueidis"
+
 	"github.com/elevacare/eleva-redis/internal/redistest"
 	"github.com/elevacare/eleva-redis/internal/testutil"
 )
@@ -30,9 +32,10 @@ func TestSlotOfMatchesRedis(t *testing.T) {
 // A resharding moves a channel's slot to another node: the server ends the
 // sharded subscription there, and the feed subscribes on the new owner
 // (repairing from history what was published in between). Run on a private
-// cluster: it changes the topology.
+// cluster: it changes the topology. Not parallel: under the CPU load of the
+// chaos tests, a publish right after the move sometimes failed for 30s
+// (2 runs in about 35); alone it passed every time.
 func TestClusterSlotMoved(t *testing.T) {
-	t.Parallel()
 	url, addrs := redistest.NewCluster(t, 3)
 	// A generous timeout: the first calls after the move follow MOVED and
 	// refresh the client's topology, under the load of parallel tests.
@@ -75,9 +78,15 @@ func TestClusterSlotMoved(t *testing.T) {
 		}
 		if err != nil {
 			for _, a := range addrs {
-				c := redistest.Client(t, "redis://"+a)
-				n, _ := c.Do(ctxb, c.B().Arbitrary("CLUSTER", "NODES").Build()).ToString()
-				t.Logf("%s (slot %d, to %s):\n%s", a, slot, to, n)
+				c, cerr := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{a}, ForceSingleClient: true, DisableCache: true})
+				if cerr != nil {
+					t.Logf("%s: %v", a, cerr)
+					continue
+				}
+				n, nerr := c.Do(ctxb, c.B().Arbitrary("CLUSTER", "NODES").Build()).ToString()
+				info, _ := c.Do(ctxb, c.B().ClusterInfo().Build()).ToString()
+				c.Close()
+				t.Logf("%s (slot %d, from %s to %s): %v\n%s\n%s", a, slot, from, to, nerr, n, info)
 			}
 			t.Fatalf("Publish %s: %v", data, err)
 		}
