@@ -151,18 +151,15 @@ func (hc *hubChan) markReady() {
 	}
 }
 
-// markNotReady opens a new ready channel after the subscription was lost;
-// it reports whether it had been confirmed.
-func (hc *hubChan) markNotReady() bool {
+// markNotReady opens a new ready channel after the subscription was lost.
+func (hc *hubChan) markNotReady() {
 	h := hc.h
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !hc.readyDone {
-		return false
+	if hc.readyDone {
+		hc.readyDone = false
+		hc.ready = make(chan struct{})
 	}
-	hc.readyDone = false
-	hc.ready = make(chan struct{})
-	return true
 }
 
 // close stops the feeder and the lingering entries (Broker.Close).

@@ -2,7 +2,6 @@ package realtime
 
 import (
 	"context"
-	"math/rand/v2"
 	"time"
 )
 
@@ -70,11 +69,7 @@ func (f *sharedFeed) run() {
 		if time.Since(started) > 5*time.Second {
 			backoff = 20 * time.Millisecond // it worked for a while
 		}
-		t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
-		select {
-		case <-t.C:
-		case <-f.ctx.Done():
-			t.Stop()
+		if !sleepCtx(f.ctx, jitter(backoff)) {
 			return
 		}
 		backoff = min(2*backoff, 2*time.Second)
