@@ -78,7 +78,7 @@ func TestOpenURLForms(t *testing.T) {
 				s := redistest.NewServer(t)
 				redistest.ACLUser(t, s.URL(), "app", "s3cret-pw")
 				return elevaredis.Config{RedisURL: "redis://app:s3cret-pw@" + s.Addr},
-					[]string{"redis (standalone " + s.Addr + ", user app)"}, "s3cret-pw"
+					[]string{"redis (standalone " + s.Addr + ", user app"}, "s3cret-pw"
 			},
 		},
 		{
@@ -86,7 +86,7 @@ func TestOpenURLForms(t *testing.T) {
 			setup: func(t *testing.T) (elevaredis.Config, []string, string) {
 				s := redistest.NewTLSServer(t)
 				return elevaredis.Config{RedisURL: s.URL(), TLS: s.ClientTLS()},
-					[]string{"redis (standalone " + s.Addr + ", tls)"}, ""
+					[]string{"redis (standalone " + s.Addr + ", tls"}, ""
 			},
 		},
 		{
@@ -94,7 +94,7 @@ func TestOpenURLForms(t *testing.T) {
 			setup: func(t *testing.T) (elevaredis.Config, []string, string) {
 				s := redistest.NewTLSServer(t)
 				return elevaredis.Config{RedisURL: "rediss://default:@" + s.Addr + "/3", TLS: s.ClientTLS()},
-					[]string{"redis (standalone " + s.Addr + ", tls, user default, db 3)"}, ""
+					[]string{"redis (standalone " + s.Addr + ", tls, user default, db 3"}, ""
 			},
 		},
 		{
@@ -103,7 +103,7 @@ func TestOpenURLForms(t *testing.T) {
 				master := redistest.NewServer(t)
 				s := redistest.StartSentinel(t, "mymaster", master)
 				return elevaredis.Config{RedisURL: "redis://" + s.Addr + "?master_set=mymaster"},
-					[]string{"redis (sentinel master_set=mymaster via " + s.Addr + ", master " + master.Addr + ")"}, ""
+					[]string{"redis (sentinel master_set=mymaster via " + s.Addr + ", master " + master.Addr + ""}, ""
 			},
 		},
 	}
@@ -128,6 +128,12 @@ func TestOpenURLForms(t *testing.T) {
 			for _, want := range describe {
 				if !strings.Contains(desc, want) {
 					t.Errorf("Describe() = %q, want it to contain %q", desc, want)
+				}
+			}
+			if !tc.memory {
+				want := fmt.Sprintf(", %d pipelined connection", elevaredis.DefaultRedisConnections())
+				if !strings.Contains(desc, want) || !strings.HasSuffix(desc, ")") {
+					t.Errorf("Describe() = %q, want it to contain %q and end with \")\"", desc, want)
 				}
 			}
 			if secret != "" && strings.Contains(desc, secret) {
@@ -395,6 +401,9 @@ func TestOpenInvalid(t *testing.T) {
 		{"TLS without rediss", elevaredis.Config{RedisURL: "redis://u:hidden-pw@127.0.0.1:6379", TLS: &tls.Config{}}, elevaredis.ErrInvalidConfig},
 		{"bad prefix on redis", elevaredis.Config{RedisURL: "redis://u:hidden-pw@127.0.0.1:6379", KeyPrefix: "app{1}:"}, elevaredis.ErrInvalidConfig},
 		{"bad prefix on memory", elevaredis.Config{KeyPrefix: "app*"}, elevaredis.ErrInvalidConfig},
+		{"connections not a power of two", elevaredis.Config{RedisURL: "redis://u:hidden-pw@127.0.0.1:6379", RedisConnections: 3}, elevaredis.ErrInvalidConfig},
+		{"negative connections", elevaredis.Config{RedisURL: "redis://u:hidden-pw@127.0.0.1:6379", RedisConnections: -1}, elevaredis.ErrInvalidConfig},
+		{"too many connections", elevaredis.Config{RedisURL: "redis://u:hidden-pw@127.0.0.1:6379", RedisConnections: 512}, elevaredis.ErrInvalidConfig},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -408,6 +417,63 @@ func TestOpenInvalid(t *testing.T) {
 			}
 			if strings.Contains(err.Error(), "hidden-pw") {
 				t.Errorf("error %q contains the password", err)
+			}
+		})
+	}
+}
+
+// RedisConnections is the number of pipelined connections Open's client
+// keeps to the server: many concurrent calls use exactly that many (counted
+// by the server), and 0 means DefaultRedisConnections.
+func TestOpenRedisConnections(t *testing.T) {
+	t.Parallel()
+	for _, conns := range []int{0, 1, 2, 4} {
+		t.Run(fmt.Sprint(conns), func(t *testing.T) {
+			t.Parallel()
+			s := redistest.NewServer(t)
+			e := open(t, elevaredis.Config{RedisURL: s.URL(), KeyPrefix: redistest.Prefix(t), RedisConnections: conns})
+			want := conns
+			if want == 0 {
+				want = elevaredis.DefaultRedisConnections()
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			// Enough concurrent calls on enough keys that every connection
+			// is dialled (rueidis spreads calls over them by key).
+			var wg sync.WaitGroup
+			for g := range 32 {
+				wg.Go(func() {
+					for i := range 20 {
+						key := fmt.Sprintf("k%d-%d", g, i)
+						if err := e.Redis().Do(ctx, e.Redis().B().Set().Key(key).Value("v").Build()).Error(); err != nil {
+							t.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			// The server's view: its connections, less the one asking, the
+			// Pub/Sub ones and those that never ran a command (cmd=NULL: the
+			// dedicated connection the real-time broker dials at start for
+			// its subscriptions; every pipelined one has just run SETs).
+			admin := redistest.Client(t, s.URL())
+			list, err := admin.Do(ctx, admin.B().ClientList().Build()).ToString()
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := 0
+			for line := range strings.Lines(list) {
+				if strings.Contains(line, " cmd=client|list ") || strings.Contains(line, " cmd=NULL ") || !strings.Contains(line, " sub=0 psub=0 ssub=0 ") {
+					continue
+				}
+				got++
+			}
+			if got != want {
+				t.Errorf("%d pipelined connections to the server, want %d; CLIENT LIST:\n%s", got, want, list)
+			}
+			if desc := e.Describe(); !strings.Contains(desc, fmt.Sprintf(", %d pipelined connection", want)) {
+				t.Errorf("Describe() = %q, want it to name %d pipelined connections", desc, want)
 			}
 		})
 	}

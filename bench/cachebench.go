@@ -299,7 +299,9 @@ func oursCache(name string, memory bool, local int, closurePerCall bool, want ca
 				return nil, fmt.Errorf("bench: parse %q: %w", ce.redisURL, err)
 			}
 			opt.OnInvalidations = tr.OnInvalidations
-			opt.MaxFlushDelay = flushDelay
+			if err := setOurOptions(&opt); err != nil {
+				return nil, err
+			}
 			client, err := rueidis.NewClient(opt)
 			if err != nil {
 				return nil, err

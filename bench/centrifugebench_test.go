@@ -78,7 +78,12 @@ func newRTCSides() (*rtcSides, error) {
 	if err != nil {
 		return nil, err
 	}
-	client, err := rueidis.NewClient(rueidis.ClientOption{InitAddress: []string{srv.Addr}})
+	opt := rueidis.ClientOption{InitAddress: []string{srv.Addr}}
+	if err := setOurOptions(&opt); err != nil {
+		srv.Stop()
+		return nil, err
+	}
+	client, err := rueidis.NewClient(opt)
 	if err != nil {
 		srv.Stop()
 		return nil, err

@@ -110,6 +110,7 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 2*time.Second, "measured interval of each side of each cell")
 	flag.DurationVar(&cfg.warmup, "warmup", 500*time.Millisecond, "warm-up before each measured interval (not counted)")
 	flag.DurationVar(&flushDelay, "max-flush-delay", 0, "rueidis MaxFlushDelay of our clients (0: rueidis default, flush at once)")
+	flag.IntVar(&redisConns, "redis-connections", 0, "pipelined connections of our rueidis clients, as elevaredis.Config.RedisConnections (0: its default, one per two CPUs)")
 	flag.IntVar(&cfg.rounds, "rounds", 3, "split each side's -duration into this many rounds, alternating peer and ours, so background load hits both alike")
 	flag.StringVar(&goroutines, "goroutines", "1,16,128", "goroutine counts of the Redis benchmarks (memory benchmarks use GOMAXPROCS)")
 	flag.IntVar(&cfg.keys, "keys", 10000, "size of the key space; each decision picks a key uniformly at random")

@@ -12,6 +12,7 @@ import (
 	ulule "github.com/ulule/limiter/v3"
 	ulredis "github.com/ulule/limiter/v3/drivers/store/redis"
 
+	elevaredis "github.com/elevacare/eleva-redis"
 	"github.com/elevacare/eleva-redis/ratelimit"
 )
 
@@ -52,16 +53,35 @@ func ourConfig() ratelimit.Config {
 // flushDelay is rueidis's MaxFlushDelay for our clients (-max-flush-delay).
 var flushDelay time.Duration
 
+// redisConns is the pipelined connections of our clients
+// (-redis-connections), as elevaredis.Config.RedisConnections: 0 is
+// elevaredis.DefaultRedisConnections.
+var redisConns int
+
 func newRueidis(url string) (rueidis.Client, error) {
 	opt, err := rueidis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("bench: parse %q: %w", url, err)
 	}
-	// Default options, as elevaredis.Open (and so the service) builds them:
-	// auto-pipelining of concurrent Do calls, flushed at once. -max-flush-delay
-	// measures the throughput/latency trade of rueidis's MaxFlushDelay.
-	opt.MaxFlushDelay = flushDelay
+	// The options elevaredis.Open (and so the service) uses: auto-pipelining
+	// of concurrent Do calls over elevaredis.DefaultRedisConnections
+	// connections, flushed at once. -max-flush-delay measures the
+	// throughput/latency trade of rueidis's MaxFlushDelay.
+	if err := setOurOptions(&opt); err != nil {
+		return nil, err
+	}
 	return rueidis.NewClient(opt)
+}
+
+// setOurOptions sets what the flags change in our clients' options.
+func setOurOptions(opt *rueidis.ClientOption) error {
+	m, err := elevaredis.PipelineMultiplex(redisConns)
+	if err != nil {
+		return fmt.Errorf("bench: -redis-connections: %w", err)
+	}
+	opt.PipelineMultiplex = m
+	opt.MaxFlushDelay = flushDelay
+	return nil
 }
 
 func newGoRedis(e *env) (*goredis.Client, error) {

@@ -146,6 +146,7 @@ func buildVersion() string {
 // config is the serve configuration after flags and environment.
 type config struct {
 	redisURL        string
+	redisConns      int
 	listen          string
 	apiKeys         string
 	keyPrefix       string
@@ -185,6 +186,7 @@ type config struct {
 // envNames maps each flag to its environment variable.
 var envNames = map[string]string{
 	"redis-url":              "ELEVA_REDIS_URL",
+	"redis-connections":      "ELEVA_REDIS_CONNECTIONS",
 	"listen":                 "ELEVA_LISTEN",
 	"api-keys":               "ELEVA_API_KEYS",
 	"key-prefix":             "ELEVA_KEY_PREFIX",
@@ -228,6 +230,7 @@ func newFlagSet(c *config) (*flag.FlagSet, error) {
 	fs.StringVar(&c.redisURL, "redis-url", "", "Redis `url`: redis://[user:pass@]host:port[/db], rediss:// for TLS;\n"+
 		"Cluster: redis://h1:p?addr=h2:p&addr=h3:p; Sentinel: redis://sentinel:26379?master_set=name;\n"+
 		"empty: the in-process memory backend (not shared, not durable)")
+	fs.IntVar(&c.redisConns, "redis-connections", 0, "pipelined connections to each Redis node, a power of two; 0: one per two CPUs, 1 to 4")
 	fs.StringVar(&c.listen, "listen", "127.0.0.1:8080", "listen `address` (host:port; port 0 picks a free one); a non-loopback address requires API keys")
 	fs.StringVar(&c.apiKeys, "api-keys", "", "comma-separated API `keys` accepted as \"Authorization: Bearer <key>\" on /v1;\nnone: only loopback clients may call /v1")
 	fs.StringVar(&c.keyPrefix, "key-prefix", "", "`prefix` of every Redis key (default \"eleva:\")")
@@ -329,6 +332,9 @@ func (c config) validate() error {
 	}
 	if c.localInstances <= 0 {
 		return fmt.Errorf("--local-instances must be positive, got %d", c.localInstances)
+	}
+	if n := c.redisConns; n < 0 || n > 256 || n&(n-1) != 0 {
+		return fmt.Errorf("--redis-connections must be 0 (one per two CPUs) or a power of two from 1 to 256, got %d", n)
 	}
 	if c.lockTimeout <= 0 {
 		return fmt.Errorf("--lock-timeout must be positive, got %s", c.lockTimeout)
@@ -516,11 +522,12 @@ func serve(ctx context.Context, args []string, getenv func(string) string, stdou
 		secret = []byte(cfg.keyHashSecret)
 	}
 	eleva, err := elevaredis.Open(openCtx, elevaredis.Config{
-		RedisURL:      cfg.redisURL,
-		KeyPrefix:     cfg.keyPrefix,
-		KeyHashSecret: secret,
-		Logger:        log,
-		Registerer:    registry,
+		RedisURL:         cfg.redisURL,
+		RedisConnections: cfg.redisConns,
+		KeyPrefix:        cfg.keyPrefix,
+		KeyHashSecret:    secret,
+		Logger:           log,
+		Registerer:       registry,
 		RateLimit: ratelimit.Config{
 			Timeout:        cfg.rlTimeout,
 			OnBackendError: ratelimit.FailurePolicy(cfg.rlOnError),

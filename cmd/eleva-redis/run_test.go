@@ -439,6 +439,8 @@ func TestCommands(t *testing.T) {
 		{"zero body limit", []string{"--max-body-bytes", "0"}, nil, 2, "", "--max-body-bytes", ""},
 		{"bad failure policy", []string{"--ratelimit-on-error", "maybe"}, nil, 2, "", "--ratelimit-on-error", ""},
 		{"bad timeout", nil, map[string]string{"ELEVA_RATELIMIT_TIMEOUT": "soon"}, 2, "", "ELEVA_RATELIMIT_TIMEOUT", ""},
+		{"redis connections not a power of two", []string{"--redis-connections", "3"}, nil, 2, "", "--redis-connections must be 0 (one per two CPUs) or a power of two", ""},
+		{"negative redis connections", nil, map[string]string{"ELEVA_REDIS_CONNECTIONS": "-2"}, 2, "", "--redis-connections", ""},
 		{"zero lock timeout", []string{"--lock-timeout", "0s"}, nil, 2, "", "--lock-timeout must be positive", ""},
 		{"bad temp timeout", nil, map[string]string{"ELEVA_TEMP_TIMEOUT": "-1s"}, 2, "", "--temp-timeout must be positive", ""},
 		{"encryption key without id", nil, map[string]string{"ELEVA_ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="}, 2, "", "--encryption-key", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"},
