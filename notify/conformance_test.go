@@ -416,6 +416,15 @@ func TestEnqueueMany(t *testing.T) {
 		if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != 300 {
 			t.Fatalf("Stats %+v, want 300 pending", st)
 		}
+		// The same id twice in a call of one user (one script call on
+		// Redis): stored once, the repeat reads the first's state.
+		twice := testutil.Must[[]Result](t, "EnqueueMany twice")(q.EnqueueMany(ctxb, []Notification{note("solo", "x"), note("solo", "y"), note("solo", "x")}))
+		if !twice[0].Created || !twice[1].Created || twice[2].Created || twice[2].State != twice[0].State || twice[2].Err != nil {
+			t.Fatalf("same id twice in one call: %+v", twice)
+		}
+		if got := testutil.Must[[]Notification](t, "Pending")(q.Pending(ctxb, "solo", 10)); len(got) != 2 {
+			t.Fatalf("solo has %d pending, want 2", len(got))
+		}
 	})
 }
 

@@ -1,28 +1,66 @@
--- enqueue.lua: store one notification unless (user, id) is known.
+-- enqueue.lua: store notifications of one shard, each unless (user, id) is
+-- known. One call carries every item of an Enqueue or EnqueueMany that falls
+-- in the shard (at most maxEnqueueBatch), so the script's fixed cost (EVALSHA,
+-- TIME, the seq counter) is paid once per shard, not once per item.
 --
--- KEYS[1] due   KEYS[2] u:<user>   KEYS[3] u:<user>:l (lease)   KEYS[4] data
--- KEYS[5] w     KEYS[6] stats      KEYS[7] done
--- ARGV[1] user (key-safe)  ARGV[2] id  ARGV[3] band (0 high, 1 normal, 2 low)
--- ARGV[4] scheduled ms (0: now)  ARGV[5] expires ms (0: none)
--- ARGV[6] maxAttempts  ARGV[7] payload
+-- KEYS[1] due   KEYS[2] data   KEYS[3] w   KEYS[4] stats   KEYS[5] done
+-- then two per item i = 0, 1, ...: KEYS[6 + 2i] u:<user>, KEYS[7 + 2i] u:<user>:l (lease)
+-- ARGV seven per item i: ARGV[7i + 1] user (key-safe)  [7i + 2] id
+--   [7i + 3] band (0 high, 1 normal, 2 low)  [7i + 4] scheduled ms (0: now)
+--   [7i + 5] expires ms (0: none)  [7i + 6] maxAttempts  [7i + 7] payload
 --
--- Returns {now, created (1/0), meta or 'delivered'}.
+-- Returns {now, created_1, meta_1, created_2, meta_2, ...}, in item order:
+-- created 1 or 0 (known), meta the item's (for a known id, the stored one, or
+-- 'delivered'). An id given twice is stored once, the first time; the second
+-- reads as known. When every id is known, nothing is written.
 local now = now_ms()
-local uid, id = ARGV[1], ARGV[2]
-local ref = uid .. ':' .. id
-local m = redis.call('HGET', KEYS[4], 'm:' .. ref)
-if m then return {int(now), 0, m} end
-if redis.call('ZSCORE', KEYS[7], ref) then return {int(now), 0, 'delivered'} end
-local seq = redis.call('HINCRBY', KEYS[6], 'seq', 1)
-local due = tonumber(ARGV[4])
-if due == 0 then due = now end
-local r = {st = 'q', seq = string.format('%016x', seq), band = tonumber(ARGV[3]), due = due, sched = due,
-  exp = tonumber(ARGV[5]), att = 0, max = tonumber(ARGV[6]), err = ''}
-local meta = fmt(r)
-redis.call('HSET', KEYS[4], 'p:' .. ref, ARGV[7], 'm:' .. ref, meta)
-redis.call('ZADD', KEYS[2], int(r.band * B + due), r.seq .. id)
-redis.call('ZADD', KEYS[5], int(due), ref)
-if redis.call('EXISTS', KEYS[3]) == 0 then
-  redis.call('ZADD', KEYS[1], 'LT', int(due), uid)
+local n = #ARGV / 7
+-- First the reads: which items are known (stored, delivered, or earlier in
+-- this call), so that a call of known ids only writes nothing.
+local known, first, fresh = {}, {}, 0
+for i = 0, n - 1 do
+  local ref = ARGV[7 * i + 1] .. ':' .. ARGV[7 * i + 2]
+  local m = redis.call('HGET', KEYS[2], 'm:' .. ref)
+  if not m and redis.call('ZSCORE', KEYS[5], ref) then m = 'delivered' end
+  if m then
+    known[i] = m
+  elseif first[ref] then
+    known[i] = first[ref] -- the index of its first occurrence
+  else
+    first[ref] = i
+    fresh = fresh + 1
+  end
 end
-return {int(now), 1, meta}
+-- One increment reserves the seqs of every new item.
+local seq = 0
+if fresh > 0 then seq = redis.call('HINCRBY', KEYS[4], 'seq', fresh) - fresh end
+local out, metas = {int(now)}, {}
+for i = 0, n - 1 do
+  local a = 7 * i
+  local k = known[i]
+  if k then
+    out[#out + 1] = 0
+    -- A repeat within this call reads as the meta just stored.
+    out[#out + 1] = type(k) == 'number' and metas[k] or k
+  else
+    local uid, id = ARGV[a + 1], ARGV[a + 2]
+    local kuser, klease = KEYS[6 + 2 * i], KEYS[7 + 2 * i]
+    local ref = uid .. ':' .. id
+    local due = tonumber(ARGV[a + 4])
+    if due == 0 then due = now end
+    seq = seq + 1
+    local r = {st = 'q', seq = string.format('%016x', seq), band = tonumber(ARGV[a + 3]), due = due,
+      sched = due, exp = tonumber(ARGV[a + 5]), att = 0, max = tonumber(ARGV[a + 6]), err = ''}
+    local meta = fmt(r)
+    metas[i] = meta
+    redis.call('HSET', KEYS[2], 'p:' .. ref, ARGV[a + 7], 'm:' .. ref, meta)
+    redis.call('ZADD', kuser, int(r.band * B + due), r.seq .. id)
+    redis.call('ZADD', KEYS[3], int(due), ref)
+    if redis.call('EXISTS', klease) == 0 then
+      redis.call('ZADD', KEYS[1], 'LT', int(due), uid)
+    end
+    out[#out + 1] = 1
+    out[#out + 1] = meta
+  end
+end
+return out

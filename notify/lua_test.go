@@ -20,6 +20,10 @@ func TestLuaKeysFromKEYS(t *testing.T) {
 	}
 	call := regexp.MustCompile(`redis\.call\('([A-Z]+)'(?:,\s*([^,)]+))?`)
 	keyArg := regexp.MustCompile(`^(KEYS\[\d+\]|r\.att > 0 and KEYS\[\d+\] or KEYS\[\d+\]|k(due|user|data|dead|stats|done|inflight|lease))$`)
+	// A script's own k-variables (enqueue.lua's per-item keys) are taken
+	// from KEYS, at a computed index at most.
+	localKeys := regexp.MustCompile(`local (k\w+(?:,\s*k\w+)*)\s*=\s*([^\n]+)`)
+	fromKEYS := regexp.MustCompile(`^KEYS\[[\w\s+*]+\]$`)
 	helperCall := regexp.MustCompile(`\b(reindex|to_dead|delivered|release_if_done|earliest)\(([^)]*)\)`)
 	n := 0
 	for _, f := range files {
@@ -34,6 +38,13 @@ func TestLuaKeysFromKEYS(t *testing.T) {
 			}
 			if arg := strings.TrimSpace(m[2]); !keyArg.MatchString(arg) {
 				t.Errorf("%s: redis.call('%s', %s): the key is not KEYS[n] or a helper's key parameter", f, m[1], arg)
+			}
+		}
+		for _, m := range localKeys.FindAllStringSubmatch(string(src), -1) {
+			for _, rhs := range strings.Split(m[2], ",") {
+				if rhs = strings.TrimSpace(rhs); !fromKEYS.MatchString(rhs) {
+					t.Errorf("%s: local %s = %s: a key variable not taken from KEYS", f, m[1], m[2])
+				}
 			}
 		}
 		if f == "common.lua" {
