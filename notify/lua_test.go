@@ -19,10 +19,10 @@ func TestLuaKeysFromKEYS(t *testing.T) {
 		t.Fatalf("Lua files: %v, %v", files, err)
 	}
 	call := regexp.MustCompile(`redis\.call\('([A-Z]+)'(?:,\s*([^,)]+))?`)
-	keyArg := regexp.MustCompile(`^(KEYS\[\d+\]|r\.att > 0 and KEYS\[\d+\] or KEYS\[\d+\]|k(due|user|data|dead|stats|done|inflight|lease))$`)
+	keyArg := regexp.MustCompile(`^(KEYS\[\d+\]|r\.att > 0 and KEYS\[\d+\] or KEYS\[\d+\]|k(due|user|data|dead|stats|done|inflight|lease|w))$`)
 	// A script's own k-variables (enqueue.lua's per-item keys) are taken
 	// from KEYS, at a computed index at most.
-	localKeys := regexp.MustCompile(`local (k\w+(?:,\s*k\w+)*)\s*=\s*([^\n]+)`)
+	localKeys := regexp.MustCompile(`local (k(?:due|user|data|dead|stats|done|inflight|lease|w)\b(?:,\s*k\w+)*)\s*=\s*([^\n]+)`)
 	fromKEYS := regexp.MustCompile(`^KEYS\[[\w\s+*]+\]$`)
 	helperCall := regexp.MustCompile(`\b(reindex|to_dead|delivered|release_if_done|earliest)\(([^)]*)\)`)
 	n := 0

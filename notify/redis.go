@@ -246,43 +246,46 @@ func msOf(t time.Time) string {
 	return itoa(t.UnixMilli())
 }
 
-// maxEnqueueBatch is the most items one enqueue script call carries. Items
-// of one shard go in one call, so the call's fixed cost is shared (about a
-// third of a lone enqueue's server time); the cap keeps any one call short
-// (about 20µs of server time per item), so that other clients' commands are
-// not held up behind a long script.
+// maxEnqueueBatch is the most items one enqueue script call carries. The
+// items of an Enqueue or EnqueueMany go in as few calls as the topology
+// allows (all in one on a single Redis, one per shard on Cluster, where a
+// script's keys must share a slot), so a call's fixed cost is shared: about
+// a third of a lone enqueue's server time. The cap keeps any one call short
+// (about 20µs of server time per item), so other clients' commands are not
+// held up behind a long script.
 const maxEnqueueBatch = 32
 
 func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, error) {
-	// Group the items by shard, keeping their order within a shard (an id
-	// given twice is then stored once, the first time), in chunks of at
-	// most maxEnqueueBatch.
-	type group struct {
-		sk  shardKeys
-		idx []int // items' indexes, in order
-	}
+	// Group the items (by shard on Cluster), keeping their order within a
+	// group (an id given twice is then stored once, the first time), in
+	// chunks of at most maxEnqueueBatch.
+	type group struct{ idx []int } // items' indexes, in order
 	var groups []*group
-	open := map[string]*group{} // shard tag -> its group being filled
+	open := map[string]*group{} // group key -> its group being filled
+	cluster := r.client.Mode() == rueidis.ClientModeCluster
 	users := make([]userKeys, len(items))
 	for i, it := range items {
 		u := r.user(it.n.UserID)
 		users[i] = u
-		g := open[u.tag]
+		gk := ""
+		if cluster {
+			gk = u.tag
+		}
+		g := open[gk]
 		if g == nil || len(g.idx) == maxEnqueueBatch {
-			g = &group{sk: u.shardKeys}
-			open[u.tag] = g
+			g = &group{}
+			open[gk] = g
 			groups = append(groups, g)
 		}
 		g.idx = append(g.idx, i)
 	}
 	calls := make([]call, len(groups))
 	for j, g := range groups {
-		ks := make([]string, 0, 5+2*len(g.idx))
-		ks = append(ks, g.sk.due, g.sk.data, g.sk.w, g.sk.statsKey, g.sk.done)
+		ks := make([]string, 0, 7*len(g.idx))
 		args := make([]string, 0, 7*len(g.idx))
 		for _, i := range g.idx {
 			u, n := users[i], items[i].n
-			ks = append(ks, u.queue, u.lease)
+			ks = append(ks, u.due, u.data, u.w, u.statsKey, u.done, u.queue, u.lease)
 			args = append(args, u.uid, n.ID, strconv.Itoa(n.Priority.band()), msOf(n.ScheduledFor), msOf(n.ExpiresAt),
 				strconv.Itoa(n.MaxAttempts), string(items[i].payload))
 		}

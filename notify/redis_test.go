@@ -147,6 +147,66 @@ func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 	}
 }
 
+// TestRedisEnqueueBatches: an EnqueueMany of 100 users is 4 script calls
+// (at most 32 items each) on a single Redis, and one call per shard (keys
+// in one slot, checked by TestRedisKeysOneSlotNoTTL) on Cluster; every item
+// is stored either way, and a second call of the same ids stores nothing.
+func TestRedisEnqueueBatches(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		url  func(testing.TB) string
+	}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client := redistest.Client(t, tc.url(t))
+			q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 8}))
+			rb := q.(*queue).b.(*redisBackend)
+			var mu sync.Mutex
+			var sizes []int
+			rb.onScript = func(name string, ks []string) {
+				if name == "enqueue" {
+					mu.Lock()
+					sizes = append(sizes, len(ks)/7)
+					mu.Unlock()
+				}
+			}
+			var ns []Notification
+			shards := map[string]bool{}
+			for u := range 100 {
+				n := note(fmt.Sprintf("user-%d", u), "a")
+				ns = append(ns, n)
+				shards[rb.user(n.UserID).tag] = true
+			}
+			for round, wantCreated := range []bool{true, false} {
+				sizes = nil
+				for i, r := range testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns)) {
+					if r.Err != nil || r.Created != wantCreated || r.ID != "a" || r.State != StatePending {
+						t.Fatalf("round %d, item %d: %+v", round, i, r)
+					}
+				}
+				total := 0
+				for _, n := range sizes {
+					total += n
+					if n > maxEnqueueBatch {
+						t.Errorf("a call of %d items, want at most %d", n, maxEnqueueBatch)
+					}
+				}
+				want := (len(ns) + maxEnqueueBatch - 1) / maxEnqueueBatch
+				if tc.name == "cluster" {
+					want = len(shards) // 8 shards, each under 32 items
+				}
+				if total != len(ns) || len(sizes) != want {
+					t.Errorf("round %d: %d calls of %v items, want %d calls of %d in all", round, len(sizes), sizes, want, len(ns))
+				}
+			}
+			if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != 100 {
+				t.Fatalf("Stats %+v, want 100 pending", st)
+			}
+		})
+	}
+}
+
 // checkNoOrphans: per shard, the data hash holds exactly two fields (payload
 // and meta) for every member of the users' queues, the leases and the dead
 // set, and nothing else.
