@@ -70,10 +70,7 @@ func helperWorker() error {
 // exactly one accepted delivery per notification.
 func TestWorkerCrashRedelivery(t *testing.T) {
 	t.Parallel()
-	for _, tg := range []struct {
-		name string
-		url  func(testing.TB) string
-	}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}} {
+	for _, tg := range redisTopologies {
 		t.Run(tg.name, func(t *testing.T) {
 			t.Parallel()
 			const lease = 2 * time.Second

@@ -61,6 +61,12 @@ func workflow(t *testing.T, q Queue) {
 	testutil.Must[[]Notification](t, "ListDead")(q.ListDead(ctxb, 100))
 }
 
+// redisTopologies are the Redis deployments the Redis-only tests run on.
+var redisTopologies = []struct {
+	name string
+	url  func(testing.TB) string
+}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}}
+
 // TestRedisKeysOneSlotNoTTL: on the Cluster, every script's keys are in one
 // slot, and every key that exists afterwards was passed in some script's
 // KEYS (nothing is built from ARGV inside a script); on both servers no
@@ -69,10 +75,7 @@ func workflow(t *testing.T, q Queue) {
 // name holds a user id.
 func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		url  func(testing.TB) string
-	}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}} {
+	for _, tc := range redisTopologies {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			url := tc.url(t)
@@ -153,10 +156,7 @@ func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 // is stored either way, and a second call of the same ids stores nothing.
 func TestRedisEnqueueBatches(t *testing.T) {
 	t.Parallel()
-	for _, tc := range []struct {
-		name string
-		url  func(testing.TB) string
-	}{{"redis", redistest.URL}, {"cluster", redistest.ClusterURL}} {
+	for _, tc := range redisTopologies {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			client := redistest.Client(t, tc.url(t))
