@@ -47,13 +47,18 @@ func TestQueryCache(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				// A stale result is one cached before: the first, or (when
+				// this loop runs slower than the 100ms TTL, as under -race on
+				// a loaded machine) a refreshed one that has aged too.
 				if r.Stale {
 					sawStale = true
-					if r.Value != 1 || !r.CachedAt.Equal(r1.CachedAt) {
-						t.Fatalf("stale result %+v, want the first one", r)
+					first := r.Value == 1 && r.CachedAt.Equal(r1.CachedAt)
+					later := r.Value > 1 && r.CachedAt.After(r1.CachedAt)
+					if !first && !later {
+						t.Fatalf("stale result %+v, want the first one (%+v) or a later refresh", r, r1)
 					}
 				}
-				return r.Value == 2 && r.CachedAt.After(r1.CachedAt)
+				return r.Value >= 2 && r.CachedAt.After(r1.CachedAt)
 			})
 			if !sawStale {
 				t.Errorf("no Get served the stale result while refreshing")
