@@ -23,9 +23,10 @@ import (
 )
 
 // The Lua scripts; KEYS and ARGV are documented at the top of each file, the
-// data model at the top of common.lua, which is prepended to each. Every
-// script's keys share one hash tag (the user's shard), so each runs in one
-// Cluster slot.
+// data model at the top of common.lua, which is prepended to each. On
+// Cluster every script's keys share one hash tag (a shard), so each runs in
+// one slot; on a single Redis an enqueue call may carry several shards'
+// items (see maxEnqueueBatch), every other script still one shard.
 var (
 	//go:embed common.lua
 	luaCommon string
