@@ -399,12 +399,12 @@ func clientOption(cfg Config, logger *slog.Logger) (rueidis.ClientOption, target
 	if cfg.DisableClientCache {
 		opt.DisableCache = true
 	}
-	if opt.PipelineMultiplex, err = PipelineMultiplex(cfg.RedisConnections); err != nil {
-		return opt, target{}, err
-	}
 	tgt.conns = cfg.RedisConnections
 	if tgt.conns == 0 {
 		tgt.conns = DefaultRedisConnections()
+	}
+	if opt.PipelineMultiplex, err = PipelineMultiplex(tgt.conns); err != nil {
+		return opt, target{}, err
 	}
 	if opt.Sentinel.MasterSet != "" {
 		// ParseURL fills only the master's options. Sentinels are reached the

@@ -251,9 +251,9 @@ func msOf(t time.Time) string {
 // items of an Enqueue or EnqueueMany go in as few calls as the topology
 // allows (all in one on a single Redis, one per shard on Cluster, where a
 // script's keys must share a slot), so a call's fixed cost is shared: about
-// a third of a lone enqueue's server time. The cap keeps any one call short
-// (about 20µs of server time per item), so other clients' commands are not
-// held up behind a long script.
+// a fifth of a lone enqueue's server time (bench/README.md). The cap keeps
+// any one call short (about 40µs of server time per item, so about 1.3ms),
+// so other clients' commands are not held up behind a long script.
 const maxEnqueueBatch = 32
 
 func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, error) {

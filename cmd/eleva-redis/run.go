@@ -333,8 +333,8 @@ func (c config) validate() error {
 	if c.localInstances <= 0 {
 		return fmt.Errorf("--local-instances must be positive, got %d", c.localInstances)
 	}
-	if n := c.redisConns; n < 0 || n > 256 || n&(n-1) != 0 {
-		return fmt.Errorf("--redis-connections must be 0 (one per two CPUs) or a power of two from 1 to 256, got %d", n)
+	if _, err := elevaredis.PipelineMultiplex(c.redisConns); err != nil {
+		return fmt.Errorf("--redis-connections must be 0 (one per two CPUs) or a power of two from 1 to 256, got %d", c.redisConns)
 	}
 	if c.lockTimeout <= 0 {
 		return fmt.Errorf("--lock-timeout must be positive, got %s", c.lockTimeout)
