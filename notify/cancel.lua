@@ -14,7 +14,7 @@ if r.st == 'q' then
   redis.call('ZREM', KEYS[2], r.seq .. id)
   redis.call('ZREM', r.att > 0 and KEYS[7] or KEYS[6], ref)
 elseif r.st == 'f' then
-  if redis.call('ZREM', KEYS[3], r.seq .. id) == 1 then
+  if redis.call('ZREM', KEYS[3], id) == 1 then
     redis.call('HINCRBY', KEYS[9], 'inflight', -1)
   end
 else

@@ -11,7 +11,9 @@
 --   <prefix>nq:{s}:done    ZSET  <user>:<id> -> time of delivery ms (capped, ids only)
 --   <prefix>nq:{s}:stats   HASH  seq, inflight, delivered, dead_dropped
 --   <prefix>nq:{s}:u:<user>    ZSET member <seq16hex><id> -> band*1e13 + due ms
---   <prefix>nq:{s}:u:<user>:f  ZSET the leased (inflight) members, same scores
+--   <prefix>nq:{s}:u:<user>:f  ZSET the leased (inflight) items: member <id> (no seq:
+--                                an ack removes an item by id, without reading
+--                                its meta), the score it had in the queue
 --   <prefix>nq:{s}:u:<user>:l  STRING the lease token
 -- <user> is the user id escaped or HMACed by internal/keys (never a ':').
 -- No key has a TTL.
@@ -54,6 +56,10 @@ end
 
 -- reindex sets the user's due score from its queued items (no lease).
 local function reindex(kdue, kuser, uid)
+  if redis.call('EXISTS', kuser) == 0 then
+    redis.call('ZREM', kdue, uid)
+    return
+  end
   local e = earliest(kuser)
   if e then
     redis.call('ZADD', kdue, int(e), uid)
@@ -81,9 +87,9 @@ local function to_dead(kdata, kdead, kstats, ref, r, now, err, cap)
   end
 end
 
--- delivered records ref in the capped delivered-id set.
-local function delivered(kdone, ref, now, cap)
-  redis.call('ZADD', kdone, int(now), ref)
+-- cap_done drops the oldest delivered ids beyond cap; called once per call
+-- after its ZADDs to kdone, not once per item.
+local function cap_done(kdone, cap)
   local n = redis.call('ZCARD', kdone)
   if n > cap then
     redis.call('ZREMRANGEBYRANK', kdone, 0, n - cap - 1)

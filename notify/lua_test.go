@@ -19,12 +19,14 @@ func TestLuaKeysFromKEYS(t *testing.T) {
 		t.Fatalf("Lua files: %v, %v", files, err)
 	}
 	call := regexp.MustCompile(`redis\.call\('([A-Z]+)'(?:,\s*([^,)]+))?`)
-	keyArg := regexp.MustCompile(`^(KEYS\[\d+\]|r\.att > 0 and KEYS\[\d+\] or KEYS\[\d+\]|k(due|user|data|dead|stats|done|inflight|lease|w))$`)
+	keyArg := regexp.MustCompile(`^(KEYS\[(?:\d+|i)\]|r\.att > 0 and KEYS\[\d+\] or KEYS\[\d+\]|r\.att > 0 and kr or kw|k(due|user|data|dead|stats|done|inflight|lease|w|r))$`)
 	// A script's own k-variables (enqueue.lua's per-item keys) are taken
-	// from KEYS, at a computed index at most.
-	localKeys := regexp.MustCompile(`local (k(?:due|user|data|dead|stats|done|inflight|lease|w)\b(?:,\s*k\w+)*)\s*=\s*([^\n]+)`)
+	// from KEYS, at a computed index at most; a script's own per-user
+	// function (claim.lua's claim) is checked like a helper: it is passed
+	// KEYS.
+	localKeys := regexp.MustCompile(`local (k(?:due|user|data|dead|stats|done|inflight|lease|w|r)\b(?:,\s*k\w+)*)\s*=\s*([^\n]+)`)
 	fromKEYS := regexp.MustCompile(`^KEYS\[[\w\s+*]+\]$`)
-	helperCall := regexp.MustCompile(`\b(reindex|to_dead|delivered|release_if_done|earliest)\(([^)]*)\)`)
+	helperCall := regexp.MustCompile(`\b(reindex|to_dead|cap_done|release_if_done|earliest|claim)\(([^)]*)\)`)
 	n := 0
 	for _, f := range files {
 		src, err := os.ReadFile(f)

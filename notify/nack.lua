@@ -16,7 +16,7 @@ for i = 4, #ARGV, 4 do
   local m = redis.call('HGET', KEYS[5], 'm:' .. ref)
   if m then
     local r = parse(m)
-    if r.st == 'f' and redis.call('ZREM', KEYS[3], r.seq .. id) == 1 then
+    if r.st == 'f' and redis.call('ZREM', KEYS[3], id) == 1 then
       n = n + 1
       if ARGV[i + 2] == '1' or r.att >= r.max then
         to_dead(KEYS[5], KEYS[7], KEYS[8], ref, r, now, ARGV[i + 3], cap)

@@ -260,31 +260,16 @@ func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, err
 	// Group the items (by shard on Cluster), keeping their order within a
 	// group (an id given twice is then stored once, the first time), in
 	// chunks of at most maxEnqueueBatch.
-	type group struct{ idx []int } // items' indexes, in order
-	var groups []*group
-	open := map[string]*group{} // group key -> its group being filled
-	cluster := r.client.Mode() == rueidis.ClientModeCluster
 	users := make([]userKeys, len(items))
 	for i, it := range items {
-		u := r.user(it.n.UserID)
-		users[i] = u
-		gk := ""
-		if cluster {
-			gk = u.tag
-		}
-		g := open[gk]
-		if g == nil || len(g.idx) == maxEnqueueBatch {
-			g = &group{}
-			open[gk] = g
-			groups = append(groups, g)
-		}
-		g.idx = append(g.idx, i)
+		users[i] = r.user(it.n.UserID)
 	}
+	groups := r.groupCalls(len(items), maxEnqueueBatch, func(i int) string { return users[i].tag })
 	calls := make([]call, len(groups))
 	for j, g := range groups {
-		ks := make([]string, 0, 7*len(g.idx))
-		args := make([]string, 0, 7*len(g.idx))
-		for _, i := range g.idx {
+		ks := make([]string, 0, 7*len(g))
+		args := make([]string, 0, 7*len(g))
+		for _, i := range g {
 			u, n := users[i], items[i].n
 			ks = append(ks, u.due, u.data, u.w, u.statsKey, u.done, u.queue, u.lease)
 			args = append(args, u.uid, n.ID, strconv.Itoa(n.Priority.band()), msOf(n.ScheduledFor), msOf(n.ExpiresAt),
@@ -300,11 +285,11 @@ func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, err
 	for j, x := range res {
 		g := groups[j]
 		v, err := x.ToArray()
-		if err != nil || len(v) != 1+2*len(g.idx) {
-			return nil, r.bad(ctx, "enqueue", fmt.Errorf("%d elements for %d items, %v", len(v), len(g.idx), err))
+		if err != nil || len(v) != 1+2*len(g) {
+			return nil, r.bad(ctx, "enqueue", fmt.Errorf("%d elements for %d items, %v", len(v), len(g), err))
 		}
 		now, _ := v[0].AsInt64()
-		for k, i := range g.idx {
+		for k, i := range g {
 			created, _ := v[1+2*k].AsInt64()
 			meta, _ := v[2+2*k].ToString()
 			out[i] = Result{ID: items[i].n.ID, Created: created == 1}
@@ -547,31 +532,70 @@ func (r *redisBackend) listDead(ctx context.Context, limit int) ([]Notification,
 	return out, nil
 }
 
-// claimChunk is how many shards' due indexes one round trip reads;
-// claimFirstChunk how many the first round of a Claim reads.
+// claimChunk is how many shards' due indexes one round of a Claim reads;
+// claimFirstChunk how many its first round reads (with many due users, a
+// few shards suffice; an idle queue costs one more round trip). On a single
+// Redis a round is one due.lua call; on Cluster one call per shard.
 const (
 	claimChunk      = 64
 	claimFirstChunk = 8
 )
 
+// maxClaimBatch is the most users one claim.lua call leases, so that a
+// call stays short (about 30µs of server time per user), like
+// maxEnqueueBatch.
+const maxClaimBatch = 32
+
+// groupCalls splits n items into script calls: by group key (a shard's
+// hash tag on Cluster, where a script's keys must share a slot; one group on
+// a single Redis), each group's items in order, in chunks of at most max.
+// It returns each call's item indexes.
+func (r *redisBackend) groupCalls(n, max int, tag func(i int) string) [][]int {
+	cluster := r.client.Mode() == rueidis.ClientModeCluster
+	var groups [][]int
+	open := map[string]int{} // group key -> index in groups of its chunk being filled
+	for i := range n {
+		gk := ""
+		if cluster {
+			gk = tag(i)
+		}
+		j, ok := open[gk]
+		if !ok || len(groups[j]) == max {
+			j = len(groups)
+			open[gk] = j
+			groups = append(groups, make([]int, 0, min(max, n)))
+		}
+		groups[j] = append(groups[j], i)
+	}
+	return groups
+}
+
 func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batch, error) {
 	// 1. Find due users, shard by shard from a rotating start, so that no
 	// shard starves the others.
 	start := int(r.cursor.Add(1) % uint64(r.shards))
+	cluster := r.client.Mode() == rueidis.ClientModeCluster
 	var users []string
 	for done := 0; done < r.shards && len(users) < maxUsers; {
-		// A small first round: with many due users, a few shards
-		// suffice; an idle queue costs one more round trip.
 		n := min(claimChunk, r.shards-done)
 		if done == 0 {
 			n = min(claimFirstChunk, n)
 		}
-		calls := make([]call, n)
-		for i := range calls {
-			k := r.shard((start + done + i) % r.shards)
-			calls[i] = call{s: scriptDue, keys: []string{k.due}, args: []string{strconv.Itoa(maxUsers - len(users))}}
+		dues := make([]string, n)
+		for i := range dues {
+			dues[i] = r.shard((start + done + i) % r.shards).due
 		}
 		done += n
+		left := strconv.Itoa(maxUsers - len(users))
+		var calls []call
+		if cluster {
+			calls = make([]call, n)
+			for i, k := range dues {
+				calls[i] = call{s: scriptDue, keys: []string{k}, args: []string{left}}
+			}
+		} else {
+			calls = []call{{s: scriptDue, keys: dues, args: []string{left}}}
+		}
 		res, err := r.run(ctx, "claim", calls)
 		if err != nil {
 			return nil, err
@@ -588,55 +612,75 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 	if len(users) == 0 {
 		return nil, nil
 	}
-	// 2. Claim each one; a user another claimer took first is skipped.
-	calls := make([]call, len(users))
+	// 2. Claim them, as few users per call as the topology allows; a user
+	// another claimer took first is skipped.
+	uks := make([]userKeys, len(users))
 	tokens := make([]string, len(users))
 	for i, uid := range users {
-		u := r.userByUID(uid)
+		uks[i] = r.userByUID(uid)
 		tokens[i] = newToken()
-		calls[i] = call{s: scriptClaim,
-			keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.w, u.r, u.dead, u.statsKey},
-			args: []string{uid, tokens[i], itoa(r.lease.Milliseconds()), strconv.Itoa(perUser), strconv.Itoa(r.deadCap)}}
+	}
+	groups := r.groupCalls(len(users), maxClaimBatch, func(i int) string { return uks[i].tag })
+	calls := make([]call, len(groups))
+	for j, g := range groups {
+		ks := make([]string, 0, 9*len(g))
+		args := make([]string, 0, 3+2*len(g))
+		args = append(args, itoa(r.lease.Milliseconds()), strconv.Itoa(perUser), strconv.Itoa(r.deadCap))
+		for _, i := range g {
+			u := uks[i]
+			ks = append(ks, u.due, u.queue, u.inflight, u.lease, u.data, u.w, u.r, u.dead, u.statsKey)
+			args = append(args, u.uid, tokens[i])
+		}
+		calls[j] = call{s: scriptClaim, keys: ks, args: args}
 	}
 	res, err := r.run(ctx, "claim", calls)
 	if err != nil {
 		return nil, err
 	}
 	var out []Batch
-	for i, x := range res {
+	for j, x := range res {
+		g := groups[j]
 		v, err := x.ToArray()
-		if err != nil || len(v) < 3 {
-			return nil, r.bad(ctx, "claim", fmt.Errorf("%d elements, %v", len(v), err))
+		if err != nil || len(v) != 1+len(g) {
+			return nil, r.bad(ctx, "claim", fmt.Errorf("%d elements for %d users, %v", len(v), len(g), err))
 		}
 		now, _ := v[0].AsInt64()
-		exp, _ := v[1].AsInt64()
-		if exp == 0 {
-			continue
+		for k, i := range g {
+			e, err := v[1+k].ToArray()
+			if err != nil || len(e) < 2 {
+				return nil, r.bad(ctx, "claim", fmt.Errorf("%d elements, %v", len(e), err))
+			}
+			exp, _ := e[0].AsInt64()
+			if exp == 0 {
+				continue
+			}
+			items, err := triples(e, 2, now)
+			if err != nil {
+				return nil, r.bad(ctx, "claim", err)
+			}
+			out = append(out, Batch{UserID: items[0].UserID, Items: items, Token: tokens[i], ExpiresAt: time.UnixMilli(exp)})
 		}
-		items, err := triples(v, 3, now)
-		if err != nil {
-			return nil, r.bad(ctx, "claim", err)
-		}
-		out = append(out, Batch{UserID: items[0].UserID, Items: items, Token: tokens[i], ExpiresAt: time.UnixMilli(exp)})
 	}
 	return out, nil
 }
 
 func (r *redisBackend) ack(ctx context.Context, b Batch, ids []string) (int, error) {
 	u := r.user(b.UserID)
-	args := append([]string{u.uid, b.Token, strconv.Itoa(r.deliveredCap)}, ids...)
+	args := make([]string, 0, 4+len(ids))
+	args = append(args, strconv.Itoa(r.deliveredCap), u.uid, b.Token, strconv.Itoa(len(ids)))
+	args = append(args, ids...)
 	x, err := r.one(ctx, "ack", call{s: scriptAck, keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.statsKey, u.done}, args: args})
 	if err != nil {
 		return 0, err
 	}
-	n, err := x.AsInt64()
-	if err != nil {
-		return 0, r.bad(ctx, "ack", err)
+	v, err := x.AsIntSlice()
+	if err != nil || len(v) != 1 {
+		return 0, r.bad(ctx, "ack", fmt.Errorf("%v, %v", v, err))
 	}
-	if n < 0 {
+	if v[0] < 0 {
 		return 0, leaseLost("ack")
 	}
-	return int(n), nil
+	return int(v[0]), nil
 }
 
 func (r *redisBackend) nack(ctx context.Context, b Batch, fails []nackItem) (int, error) {

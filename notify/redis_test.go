@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -493,5 +495,133 @@ func untilHealthy(t *testing.T, q Queue) {
 			t.Fatalf("no successful call within 10s: %v", err)
 		}
 		time.Sleep(10 * time.Millisecond) // poll interval while the client connects
+	}
+}
+
+// TestRedisClaimBatches: a Claim of 100 due users is one due.lua call (its
+// first round: 8 shards) and 4 claim.lua calls (at most 32 users each) on a
+// single Redis, and one call of each per shard on Cluster (keys in one slot,
+// checked by TestRedisKeysOneSlotNoTTL); every user is claimed once, and one
+// Ack per batch delivers everything.
+func TestRedisClaimBatches(t *testing.T) {
+	t.Parallel()
+	for _, tc := range redisTopologies {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			client := redistest.Client(t, tc.url(t))
+			q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 8}))
+			rb := q.(*queue).b.(*redisBackend)
+			var ns []Notification
+			shards := map[string]bool{}
+			for u := range 100 {
+				n := note(fmt.Sprintf("user-%d", u), "a")
+				ns = append(ns, n)
+				shards[rb.user(n.UserID).tag] = true
+			}
+			testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
+			var mu sync.Mutex
+			calls := map[string][]int{} // script -> users (claim) or shards (due) per call
+			rb.onScript = func(name string, ks []string) {
+				mu.Lock()
+				defer mu.Unlock()
+				switch name {
+				case "due":
+					calls[name] = append(calls[name], len(ks))
+				case "claim":
+					calls[name] = append(calls[name], len(ks)/9)
+				}
+			}
+			bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 100, 5))
+			rb.onScript = nil
+			seen := map[string]bool{}
+			for _, b := range bs {
+				if len(b.Items) != 1 || seen[b.UserID] {
+					t.Fatalf("batch of %s: %d items (want 1), seen before %v", b.UserID, len(b.Items), seen[b.UserID])
+				}
+				seen[b.UserID] = true
+			}
+			if len(seen) != 100 {
+				t.Fatalf("claimed %d users, want 100", len(seen))
+			}
+			wantDue, wantClaim := []int{8}, 4
+			if tc.name == "cluster" {
+				wantDue = []int{1, 1, 1, 1, 1, 1, 1, 1}
+				wantClaim = len(shards)
+			}
+			if !slices.Equal(calls["due"], wantDue) {
+				t.Errorf("due calls of %v shards, want %v", calls["due"], wantDue)
+			}
+			total := 0
+			for _, n := range calls["claim"] {
+				total += n
+				if n > maxClaimBatch {
+					t.Errorf("a claim call of %d users, want at most %d", n, maxClaimBatch)
+				}
+			}
+			if total != 100 || len(calls["claim"]) != wantClaim {
+				t.Errorf("%d claim calls of %v users, want %d calls of 100 in all", len(calls["claim"]), calls["claim"], wantClaim)
+			}
+			for _, b := range bs {
+				if n := testutil.Must[int](t, "Ack")(q.Ack(ctxb, b, b.Items[0].ID)); n != 1 {
+					t.Fatalf("Ack %s: %d, want 1", b.UserID, n)
+				}
+			}
+			if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Delivered != 100 || st.Inflight != 0 || st.Pending != 0 {
+				t.Fatalf("Stats %+v, want 100 delivered, nothing else", st)
+			}
+		})
+	}
+}
+
+// TestRedisOldInflightMembers: an inflight set written by a version that
+// kept the seq in its members (<seq16hex><id>) is taken over like any
+// expired lease: its item is claimed again, then acked, and nothing is left
+// behind (an upgrade during delivery loses nothing).
+func TestRedisOldInflightMembers(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	const lease = 200 * time.Millisecond
+	q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 4, Lease: lease}))
+	rb := q.(*queue).b.(*redisBackend)
+	testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, note("patient-1", "r1")))
+	bs := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 5))
+	if len(bs) != 1 || len(bs[0].Items) != 1 {
+		t.Fatalf("Claim: %+v", bs)
+	}
+	// Rewrite the inflight member in the old form.
+	u := rb.user("patient-1")
+	score, err := client.Do(ctxb, client.B().Zscore().Key(u.inflight).Member("r1").Build()).ToString()
+	if err != nil {
+		t.Fatalf("ZSCORE inflight r1: %v (the inflight member is not the id)", err)
+	}
+	m, err := client.Do(ctxb, client.B().Hget().Key(u.data).Field("m:"+u.uid+":r1").Build()).ToString()
+	if err != nil {
+		t.Fatal(err)
+	}
+	seq := strings.Split(m, "|")[1]
+	for _, c := range []rueidis.Completed{
+		client.B().Zrem().Key(u.inflight).Member("r1").Build(),
+		client.B().Zadd().Key(u.inflight).ScoreMember().ScoreMember(testutil.Must[float64](t, "score")(strconv.ParseFloat(score, 64)), seq+"r1").Build(),
+	} {
+		if err := client.Do(ctxb, c).Error(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Poll until the lease has expired and the item is claimed again.
+	var again []Batch
+	for deadline := time.Now().Add(10 * time.Second); len(again) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the item of the old-format lease was never claimed again")
+		}
+		again = testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, 1, 5))
+	}
+	if len(again[0].Items) != 1 || again[0].Items[0].ID != "r1" || again[0].Items[0].Attempts != 2 {
+		t.Fatalf("claimed again: %+v", again[0].Items)
+	}
+	if n := testutil.Must[int](t, "Ack")(q.Ack(ctxb, again[0], "r1")); n != 1 {
+		t.Fatalf("Ack: %d, want 1", n)
+	}
+	if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Delivered: 1}) {
+		t.Fatalf("Stats %+v, want exactly 1 delivered", st)
 	}
 }

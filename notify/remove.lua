@@ -17,12 +17,13 @@ for i = 3, #ARGV do
       redis.call('ZREM', KEYS[2], r.seq .. ARGV[i])
       redis.call('ZREM', r.att > 0 and KEYS[6] or KEYS[5], ref)
       redis.call('HDEL', KEYS[4], 'p:' .. ref, 'm:' .. ref)
-      delivered(KEYS[8], ref, now, cap)
+      redis.call('ZADD', KEYS[8], int(now), ref)
       n = n + 1
     end
   end
 end
 if n > 0 then
+  cap_done(KEYS[8], cap)
   redis.call('HINCRBY', KEYS[7], 'delivered', n)
   if redis.call('EXISTS', KEYS[3]) == 0 then reindex(KEYS[1], KEYS[2], uid) end
 end
