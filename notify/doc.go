@@ -8,8 +8,9 @@
 //
 //   - Every state change is one Lua script; all of a user's keys share one
 //     hash tag (the user's shard), so every script runs in one Cluster slot.
-//     (An enqueue call carries up to 32 items: of one shard on Cluster, of
-//     several on a single Redis, where there are no slots.)
+//     (An enqueue call carries up to 32 items and a claim call up to 32
+//     users: of one shard on Cluster, of several on a single Redis, where
+//     there are no slots. A claim is two calls: due users, then leases.)
 //   - A sharded due index (user -> earliest due time) doubles as the lease
 //     table: while a user's batch is claimed its score is the lease expiry,
 //     so an expired lease simply makes the user due again, with no

@@ -25,8 +25,9 @@ import (
 // The Lua scripts; KEYS and ARGV are documented at the top of each file, the
 // data model at the top of common.lua, which is prepended to each. On
 // Cluster every script's keys share one hash tag (a shard), so each runs in
-// one slot; on a single Redis an enqueue call may carry several shards'
-// items (see maxEnqueueBatch), every other script still one shard.
+// one slot; on a single Redis an enqueue, due or claim call may carry
+// several shards' keys (see groupCalls), every other script still one
+// shard's.
 var (
 	//go:embed common.lua
 	luaCommon string
