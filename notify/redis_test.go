@@ -152,6 +152,23 @@ func TestRedisKeysOneSlotNoTTL(t *testing.T) {
 	}
 }
 
+// hundredUsers is a Redis queue of 8 shards at url and one notification
+// for each of 100 users (not enqueued), with the shard tags they fall in.
+func hundredUsers(t *testing.T, url string) (Queue, *redisBackend, []Notification, map[string]bool) {
+	t.Helper()
+	client := redistest.Client(t, url)
+	q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 8}))
+	rb := q.(*queue).b.(*redisBackend)
+	var ns []Notification
+	shards := map[string]bool{}
+	for u := range 100 {
+		n := note(fmt.Sprintf("user-%d", u), "a")
+		ns = append(ns, n)
+		shards[rb.user(n.UserID).tag] = true
+	}
+	return q, rb, ns, shards
+}
+
 // TestRedisEnqueueBatches: an EnqueueMany of 100 users is 4 script calls
 // (at most 32 items each) on a single Redis, and one call per shard (keys
 // in one slot, checked by TestRedisKeysOneSlotNoTTL) on Cluster; every item
@@ -161,9 +178,7 @@ func TestRedisEnqueueBatches(t *testing.T) {
 	for _, tc := range redisTopologies {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			client := redistest.Client(t, tc.url(t))
-			q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 8}))
-			rb := q.(*queue).b.(*redisBackend)
+			q, rb, ns, shards := hundredUsers(t, tc.url(t))
 			var mu sync.Mutex
 			var sizes []int
 			rb.onScript = func(name string, ks []string) {
@@ -172,13 +187,6 @@ func TestRedisEnqueueBatches(t *testing.T) {
 					sizes = append(sizes, len(ks)/7)
 					mu.Unlock()
 				}
-			}
-			var ns []Notification
-			shards := map[string]bool{}
-			for u := range 100 {
-				n := note(fmt.Sprintf("user-%d", u), "a")
-				ns = append(ns, n)
-				shards[rb.user(n.UserID).tag] = true
 			}
 			for round, wantCreated := range []bool{true, false} {
 				sizes = nil
@@ -508,16 +516,7 @@ func TestRedisClaimBatches(t *testing.T) {
 	for _, tc := range redisTopologies {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			client := redistest.Client(t, tc.url(t))
-			q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: 10 * time.Second, Shards: 8}))
-			rb := q.(*queue).b.(*redisBackend)
-			var ns []Notification
-			shards := map[string]bool{}
-			for u := range 100 {
-				n := note(fmt.Sprintf("user-%d", u), "a")
-				ns = append(ns, n)
-				shards[rb.user(n.UserID).tag] = true
-			}
+			q, rb, ns, shards := hundredUsers(t, tc.url(t))
 			testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
 			var mu sync.Mutex
 			calls := map[string][]int{} // script -> users (claim) or shards (due) per call
