@@ -99,7 +99,7 @@ local function claim(kdue, kuser, kinflight, klease, kdata, kw, kr, kdead, kstat
 end
 
 local res = {now}
-for i = 0, #ARGV / 2 - 2 do
+for i = 0, (#ARGV - 3) / 2 - 1 do
   local k = 9 * i
   res[#res + 1] = claim(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5], KEYS[k + 6], KEYS[k + 7],
     KEYS[k + 8], KEYS[k + 9], ARGV[2 * i + 4], ARGV[2 * i + 5])
