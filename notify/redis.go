@@ -575,7 +575,6 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 	// 1. Find due users, shard by shard from a rotating start, so that no
 	// shard starves the others.
 	start := int(r.cursor.Add(1) % uint64(r.shards))
-	cluster := r.client.Mode() == rueidis.ClientModeCluster
 	var users []string
 	for done := 0; done < r.shards && len(users) < maxUsers; {
 		n := min(claimChunk, r.shards-done)
@@ -589,13 +588,12 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 		done += n
 		left := strconv.Itoa(maxUsers - len(users))
 		var calls []call
-		if cluster {
-			calls = make([]call, n)
-			for i, k := range dues {
-				calls[i] = call{s: scriptDue, keys: []string{k}, args: []string{left}}
+		for _, g := range r.groupCalls(n, n, func(i int) string { return dues[i] }) {
+			ks := make([]string, len(g))
+			for k, i := range g {
+				ks[k] = dues[i]
 			}
-		} else {
-			calls = []call{{s: scriptDue, keys: dues, args: []string{left}}}
+			calls = append(calls, call{s: scriptDue, keys: ks, args: []string{left}})
 		}
 		res, err := r.run(ctx, "claim", calls)
 		if err != nil {
@@ -667,21 +665,19 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 
 func (r *redisBackend) ack(ctx context.Context, b Batch, ids []string) (int, error) {
 	u := r.user(b.UserID)
-	args := make([]string, 0, 4+len(ids))
-	args = append(args, strconv.Itoa(r.deliveredCap), u.uid, b.Token, strconv.Itoa(len(ids)))
-	args = append(args, ids...)
+	args := append([]string{u.uid, b.Token, strconv.Itoa(r.deliveredCap)}, ids...)
 	x, err := r.one(ctx, "ack", call{s: scriptAck, keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.statsKey, u.done}, args: args})
 	if err != nil {
 		return 0, err
 	}
-	v, err := x.AsIntSlice()
-	if err != nil || len(v) != 1 {
-		return 0, r.bad(ctx, "ack", fmt.Errorf("%v, %v", v, err))
+	n, err := x.AsInt64()
+	if err != nil {
+		return 0, r.bad(ctx, "ack", err)
 	}
-	if v[0] < 0 {
+	if n < 0 {
 		return 0, leaseLost("ack")
 	}
-	return int(v[0]), nil
+	return int(n), nil
 }
 
 func (r *redisBackend) nack(ctx context.Context, b Batch, fails []nackItem) (int, error) {
