@@ -23,9 +23,13 @@ type WorkerConfig struct {
 	// DefaultBatchSize (5).
 	BatchSize int
 	// MaxUsers is how many users one Claim takes at most; 0 means
-	// Concurrency. A claim never takes more users than there are free
-	// send slots.
+	// Concurrency.
 	MaxUsers int
+	// Prefetch is how many claimed users may wait for a free send slot,
+	// their leases renewed meanwhile; 0 means Concurrency; negative means
+	// none (a claim takes at most the free send slots). Prefetching keeps
+	// the senders busy while the next claim is on its way.
+	Prefetch int
 	// IdleWait is the longest an idle worker waits without a wake-up (an
 	// enqueue, a due time); 0 means 30s. It only matters when a wake-up
 	// message was lost (a Pub/Sub disconnect).
@@ -87,6 +91,12 @@ func NewWorker(q Queue, s Sender, cfg WorkerConfig) *Worker {
 	cfg.Concurrency = orInt(cfg.Concurrency, 4)
 	cfg.BatchSize = min(orInt(cfg.BatchSize, DefaultBatchSize), MaxPerUser)
 	cfg.MaxUsers = min(orInt(cfg.MaxUsers, cfg.Concurrency), MaxClaimUsers)
+	switch {
+	case cfg.Prefetch == 0:
+		cfg.Prefetch = cfg.Concurrency
+	case cfg.Prefetch < 0:
+		cfg.Prefetch = 0
+	}
 	cfg.IdleWait = orDur(cfg.IdleWait, 30*time.Second)
 	cfg.StopTimeout = orDur(cfg.StopTimeout, 10*time.Second)
 	cfg.MaxPause = orDur(cfg.MaxPause, 5*time.Minute)
@@ -139,14 +149,31 @@ func (w *Worker) Run(ctx context.Context) error {
 	sendCtx, cancelSends := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelSends()
 
-	conc := w.cfg.Concurrency
-	slots := make(chan struct{}, conc)
+	// Concurrency senders take claimed batches from todo. The claim loop
+	// keeps up to Prefetch more users claimed than are being sent, so a
+	// sender that finishes starts the next batch at once instead of
+	// waiting for a claim's round trips, and claims are not cut to the
+	// one or two slots that happen to be free.
+	limit := w.cfg.Concurrency + w.cfg.Prefetch
+	todo := make(chan claimed, limit)
 	freed := make(chan struct{}, 1)
+	var open atomic.Int64 // users claimed and not yet settled
 	var wg sync.WaitGroup
+	for range w.cfg.Concurrency {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range todo {
+				w.handle(ctx, c)
+				open.Add(-1)
+				poke(freed)
+			}
+		}()
+	}
 	errWait := time.Duration(0)
 	for ctx.Err() == nil {
-		free := conc - len(slots)
-		if free == 0 {
+		room := limit - int(open.Load())
+		if room <= 0 {
 			select {
 			case <-freed:
 			case <-ctx.Done():
@@ -159,7 +186,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 		drain(wake)
 		drain(freed)
-		batches, err := w.q.Claim(ctx, min(w.cfg.MaxUsers, free), w.cfg.BatchSize)
+		batches, err := w.q.Claim(ctx, min(w.cfg.MaxUsers, room), w.cfg.BatchSize)
 		if err != nil {
 			if ctx.Err() != nil {
 				break
@@ -175,17 +202,17 @@ func (w *Worker) Run(ctx context.Context) error {
 			continue
 		}
 		pre := w.sendBulk(ctx, sendCtx, batches)
+		open.Add(int64(len(batches)))
 		for i, b := range batches {
-			slots <- struct{}{}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w.handle(ctx, sendCtx, b, pre[i])
-				<-slots
-				poke(freed)
-			}()
+			// The lease is renewed from the claim on, while the batch
+			// waits for a sender too.
+			bctx, cancel := context.WithCancel(sendCtx)
+			todo <- claimed{b: b, pre: pre[i], ctx: bctx, cancel: cancel, stop: w.keepLease(bctx, b, cancel)}
 		}
 	}
+	// Batches claimed but not yet started are sent too (under the same
+	// StopTimeout): they are leased to this worker.
+	close(todo)
 	stop := time.AfterFunc(w.cfg.StopTimeout, cancelSends)
 	wg.Wait()
 	stop.Stop()
@@ -366,14 +393,23 @@ func (w *Worker) sendBulk(runCtx, sendCtx context.Context, batches []Batch) []ma
 	return pre
 }
 
+// claimed is a batch waiting for a sender: its send ctx, cancelled when the
+// lease is lost, and the stop of its lease renewal.
+type claimed struct {
+	b      Batch
+	pre    map[string]Delivery
+	ctx    context.Context
+	cancel context.CancelFunc
+	stop   func()
+}
+
 // handle sends one batch until every item is acked or nacked, or left
 // leased (shutdown, lost lease). pre holds the Deliveries of items that
 // sendBulk has sent already; they are not sent again in the first round.
-func (w *Worker) handle(runCtx, sendCtx context.Context, b Batch, pre map[string]Delivery) {
-	bctx, cancel := context.WithCancel(sendCtx)
-	defer cancel()
-	stop := w.keepLease(bctx, b, cancel)
-	defer stop()
+func (w *Worker) handle(runCtx context.Context, c claimed) {
+	defer c.cancel()
+	defer c.stop()
+	b, pre, bctx := c.b, c.pre, c.ctx
 	items := b.Items
 	for first := true; len(items) > 0; first = false {
 		waited := false

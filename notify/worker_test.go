@@ -657,3 +657,54 @@ func TestWakePublisherCoalesces(t *testing.T) {
 	}
 	t.Logf("4000 requests, %d sends", sends.Load())
 }
+
+// TestWorkerPrefetch: while its only sender is busy, a worker keeps
+// Prefetch more users claimed, their leases renewed while they wait (for
+// two leases here: another instance's Claims find nothing to take), and
+// sends them once the sender is free; with Prefetch negative it claims no
+// more users than it has free senders, so the other instance can take the
+// second user.
+func TestWorkerPrefetch(t *testing.T) {
+	forEachWorkerEnv(t, func(t *testing.T, e wenv) {
+		const lease = 500 * time.Millisecond
+		for _, tc := range []struct {
+			name     string
+			prefetch int
+		}{{"default", 0}, {"none", -1}} {
+			t.Run(tc.name, func(t *testing.T) {
+				q := e.instance(Config{Lease: lease})
+				base := stats(t, q) // the subtests share the queue
+				testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, []Notification{
+					{ID: "n1", UserID: "u1-" + tc.name, Type: "t"}, {ID: "n2", UserID: "u2-" + tc.name, Type: "t"}}))
+				s := newBlocker()
+				startWorker(t, NewWorker(e.instance(Config{Lease: lease}), s, quietWorker(WorkerConfig{Concurrency: 1, Prefetch: tc.prefetch})))
+				s.waitEntered(t)
+				other := e.instance(Config{Lease: lease})
+				if tc.prefetch < 0 {
+					bs := testutil.Must[[]Batch](t, "Claim")(other.Claim(ctxb, 10, 0))
+					if len(bs) != 1 {
+						t.Fatalf("the other instance claimed %+v, want the second user", bs)
+					}
+					testutil.Must[int](t, "Ack")(other.Ack(ctxb, bs[0], bs[0].Items[0].ID))
+				} else {
+					until(t, "the second user claimed", 10*time.Second, func() bool { return stats(t, q).Inflight == base.Inflight+2 })
+					for start := time.Now(); time.Since(start) < 2*lease; {
+						if bs := testutil.Must[[]Batch](t, "Claim")(other.Claim(ctxb, 10, 0)); len(bs) > 0 {
+							t.Fatalf("another instance claimed %+v while it waited for the sender", bs)
+						}
+						time.Sleep(10 * time.Millisecond) // pacing the observation, not synchronising
+					}
+				}
+				close(s.release)
+				until(t, "the acks", 10*time.Second, func() bool { return stats(t, q).Delivered == base.Delivered+2 })
+				want := int32(2)
+				if tc.prefetch < 0 {
+					want = 1
+				}
+				if c := s.calls.Load(); c != want {
+					t.Fatalf("%d sends, want %d", c, want)
+				}
+			})
+		}
+	})
+}
