@@ -6,18 +6,47 @@
 --
 -- Returns -1 (lease lost, nothing changed) or the number of items acked. An
 -- item is acked when it is in the user's inflight set (the token check fences
--- the set), so an ack reads no meta; the counters and the cap of the
--- delivered-id set are updated once per call.
+-- the set), so an ack reads no meta; each kind of write is one command for
+-- all the ids, and the counters and the cap of the delivered-id set are
+-- updated once per call.
 if redis.call('GET', KEYS[4]) ~= ARGV[2] then return -1 end
 local now = int(now_ms())
 local uid, cap = ARGV[1], tonumber(ARGV[3])
 local n = 0
-for i = 4, #ARGV do
-  if redis.call('ZREM', KEYS[3], ARGV[i]) == 1 then
-    local ref = uid .. ':' .. ARGV[i]
+if #ARGV == 4 then
+  if redis.call('ZREM', KEYS[3], ARGV[4]) == 1 then
+    local ref = uid .. ':' .. ARGV[4]
     redis.call('HDEL', KEYS[5], 'p:' .. ref, 'm:' .. ref)
     redis.call('ZADD', KEYS[7], now, ref)
-    n = n + 1
+    n = 1
+  end
+elseif #ARGV > 4 then
+  -- Several ids: one command per kind of write for all of them. An id
+  -- given twice counts once.
+  local ids, seen = {}, {}
+  for i = 4, #ARGV do
+    if not seen[ARGV[i]] then
+      seen[ARGV[i]] = true
+      ids[#ids + 1] = ARGV[i]
+    end
+  end
+  local sc = redis.call('ZMSCORE', KEYS[3], unpack(ids))
+  local held, fields, dones = {}, {}, {}
+  for j, id in ipairs(ids) do
+    if sc[j] then
+      local ref = uid .. ':' .. id
+      held[#held + 1] = id
+      fields[#fields + 1] = 'p:' .. ref
+      fields[#fields + 1] = 'm:' .. ref
+      dones[#dones + 1] = now
+      dones[#dones + 1] = ref
+    end
+  end
+  n = #held
+  if n > 0 then
+    redis.call('ZREM', KEYS[3], unpack(held))
+    redis.call('HDEL', KEYS[5], unpack(fields))
+    redis.call('ZADD', KEYS[7], unpack(dones))
   end
 end
 if n > 0 then

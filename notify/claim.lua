@@ -21,8 +21,13 @@ local function claim(kdue, kuser, kinflight, klease, kdata, kw, kr, kdead, kstat
   local s = redis.call('ZSCORE', kdue, uid)
   if not s or tonumber(s) > now then return {0, 0} end
 
-  local old = redis.call('ZRANGE', kinflight, 0, -1, 'WITHSCORES')
-  if #old > 0 then
+  -- The lease is taken here, whatever follows (it is dropped again when
+  -- nothing is claimed). A previous token means an expired lease: its
+  -- items are queued again first (and its holder's Ack and Nack now find
+  -- the lease lost). Without one the inflight set is empty (a lease is
+  -- only dropped with its last item), so it is not read.
+  if redis.call('SET', klease, token, 'GET') then
+    local old = redis.call('ZRANGE', kinflight, 0, -1, 'WITHSCORES')
     for i = 1, #old, 2 do
       local id = old[i]
       local ref = uid .. ':' .. id
@@ -41,29 +46,39 @@ local function claim(kdue, kuser, kinflight, klease, kdata, kw, kr, kdead, kstat
         redis.call('ZADD', r.att > 0 and kr or kw, int(r.due), ref)
       end
     end
-    redis.call('HINCRBY', kstats, 'inflight', -(#old / 2))
-    redis.call('DEL', kinflight)
+    if #old > 0 then
+      redis.call('HINCRBY', kstats, 'inflight', -(#old / 2))
+      redis.call('DEL', kinflight)
+    end
   end
 
   local out = {0, 0}
   local got, dead, budget = 0, 0, per + 100
-  local b = 0
-  while b <= 2 and got < per and budget > 0 do
-    local want = math.min(per - got, budget)
-    local rs = redis.call('ZRANGEBYSCORE', kuser, int(b * B), int(b * B + now), 'WITHSCORES', 'LIMIT', 0, want)
-    -- A short read has emptied the band's due items: go on with the next
-    -- band without asking this one again.
-    if #rs < 2 * want then b = b + 1 end
+
+  -- take leases the queue entries rs (ZRANGE ... WITHSCORES) in order, with
+  -- one command per kind of write for all of them, not one per item: an
+  -- item past ExpiresAt or out of attempts goes to the dead set instead,
+  -- an entry without a record (removed meanwhile) is dropped.
+  local function take(rs)
+    if #rs == 0 then return end
+    local members, fields = {}, {}
     for i = 1, #rs, 2 do
+      local ref = uid .. ':' .. string.sub(rs[i], 17)
+      members[#members + 1] = rs[i]
+      fields[#fields + 1] = 'm:' .. ref
+      fields[#fields + 1] = 'p:' .. ref
+    end
+    redis.call('ZREM', kuser, unpack(members))
+    local v = redis.call('HMGET', kdata, unpack(fields))
+    local ws, rs2, metas, infl = {}, {}, {}, {}
+    for j = 1, #members do
       budget = budget - 1
-      local member, score = rs[i], rs[i + 1]
-      local id = string.sub(member, 17)
-      local ref = uid .. ':' .. id
-      redis.call('ZREM', kuser, member)
-      local v = redis.call('HMGET', kdata, 'm:' .. ref, 'p:' .. ref)
-      if v[1] then
-        local r = parse(v[1])
-        redis.call('ZREM', r.att > 0 and kr or kw, ref)
+      local m = v[2 * j - 1]
+      if m then
+        local id = string.sub(members[j], 17)
+        local ref = uid .. ':' .. id
+        local r = parse(m)
+        if r.att > 0 then rs2[#rs2 + 1] = ref else ws[#ws + 1] = ref end
         if r.exp > 0 and r.exp <= now then
           to_dead(kdata, kdead, kstats, ref, r, now, 'expired', cap)
           dead = dead + 1
@@ -74,20 +89,54 @@ local function claim(kdue, kuser, kinflight, klease, kdata, kw, kr, kdead, kstat
           r.att = r.att + 1
           r.st = 'f'
           local meta = fmt(r)
-          redis.call('HSET', kdata, 'm:' .. ref, meta)
-          redis.call('ZADD', kinflight, score, id)
+          metas[#metas + 1] = 'm:' .. ref
+          metas[#metas + 1] = meta
+          infl[#infl + 1] = rs[2 * j]
+          infl[#infl + 1] = id
           out[#out + 1] = id
-          out[#out + 1] = v[2]
+          out[#out + 1] = v[2 * j]
           out[#out + 1] = meta
           got = got + 1
         end
       end
     end
+    if #ws > 0 then redis.call('ZREM', kw, unpack(ws)) end
+    if #rs2 > 0 then redis.call('ZREM', kr, unpack(rs2)) end
+    if #metas > 0 then
+      redis.call('HSET', kdata, unpack(metas))
+      redis.call('ZADD', kinflight, unpack(infl))
+    end
+  end
+
+  -- The first per entries by score, when all are due, are exactly what
+  -- the band-by-band reads below would take (a band's due entries sort
+  -- before its scheduled ones): one read instead of three. A queue with
+  -- fewer entries is then empty.
+  local rs = redis.call('ZRANGE', kuser, 0, per - 1, 'WITHSCORES')
+  local fast = true
+  for i = 2, #rs, 2 do
+    local sc = tonumber(rs[i])
+    if sc - math.floor(sc / B) * B > now then
+      fast = false
+      break
+    end
+  end
+  local b = 0
+  if fast then
+    take(rs)
+    if #rs < 2 * per then b = 3 end
+  end
+  while b <= 2 and got < per and budget > 0 do
+    local want = math.min(per - got, budget)
+    rs = redis.call('ZRANGEBYSCORE', kuser, int(b * B), int(b * B + now), 'WITHSCORES', 'LIMIT', 0, want)
+    -- A short read has emptied the band's due items: go on with the next
+    -- band without asking this one again.
+    if #rs < 2 * want then b = b + 1 end
+    take(rs)
   end
   out[2] = dead
   if got > 0 then
     local exp = now + lease
-    redis.call('SET', klease, token)
     redis.call('ZADD', kdue, int(exp), uid)
     redis.call('HINCRBY', kstats, 'inflight', got)
     out[1] = exp

@@ -328,7 +328,7 @@ func TestWorkerScheduled(t *testing.T) {
 
 // TestWorkerLeaseTakenOver: worker A claims, sends (the fake Novu accepts
 // and holds its answer), and stalls past its tiny lease (no extension,
-// one send slot, so A cannot claim the user again itself);
+// one send slot and no prefetch, so A cannot claim the user again itself);
 // worker B claims the user again and sends the same Idempotency-Key, which
 // the fake replays. A's ack then gets ErrLeaseLost (counted as lease_lost)
 // and changes nothing; the fake counts one accepted delivery.
@@ -347,7 +347,7 @@ func TestWorkerLeaseTakenOver(t *testing.T) {
 		q := e.instance(cfg)
 		testutil.Must[Result](t, "Enqueue")(q.Enqueue(ctxb, Notification{ID: "n1", UserID: "u", Type: "t"}))
 		regA := prometheus.NewRegistry()
-		a := NewWorker(e.instance(cfg), fake.sender(t, 30*time.Second), quietWorker(WorkerConfig{Concurrency: 1, ExtendEvery: -1, Registerer: regA}))
+		a := NewWorker(e.instance(cfg), fake.sender(t, 30*time.Second), quietWorker(WorkerConfig{Concurrency: 1, ExtendEvery: -1, Prefetch: -1, Registerer: regA}))
 		startWorker(t, a)
 		select {
 		case <-arrived:
