@@ -105,6 +105,7 @@ type redisBackend struct {
 	// it is sent.
 	onScript func(name string, keys []string)
 	wake     wakePublisher
+	acks     ackCombiner
 }
 
 var _ backend = (*redisBackend)(nil)
@@ -661,23 +662,6 @@ func (r *redisBackend) claim(ctx context.Context, maxUsers, perUser int) ([]Batc
 		}
 	}
 	return out, nil
-}
-
-func (r *redisBackend) ack(ctx context.Context, b Batch, ids []string) (int, error) {
-	u := r.user(b.UserID)
-	args := append([]string{u.uid, b.Token, strconv.Itoa(r.deliveredCap)}, ids...)
-	x, err := r.one(ctx, "ack", call{s: scriptAck, keys: []string{u.due, u.queue, u.inflight, u.lease, u.data, u.statsKey, u.done}, args: args})
-	if err != nil {
-		return 0, err
-	}
-	n, err := x.AsInt64()
-	if err != nil {
-		return 0, r.bad(ctx, "ack", err)
-	}
-	if n < 0 {
-		return 0, leaseLost("ack")
-	}
-	return int(n), nil
 }
 
 func (r *redisBackend) nack(ctx context.Context, b Batch, fails []nackItem) (int, error) {

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -622,5 +623,150 @@ func TestRedisOldInflightMembers(t *testing.T) {
 	}
 	if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st != (Stats{Delivered: 1}) {
 		t.Fatalf("Stats %+v, want exactly 1 delivered", st)
+	}
+}
+
+// claimAll claims every due user of q, one item each.
+func claimAll(t *testing.T, q Queue, users int) []Batch {
+	t.Helper()
+	var bs []Batch
+	for len(bs) < users {
+		got := testutil.Must[[]Batch](t, "Claim")(q.Claim(ctxb, users, 1))
+		if len(got) == 0 {
+			t.Fatalf("claimed %d of %d users", len(bs), users)
+		}
+		bs = append(bs, got...)
+	}
+	return bs
+}
+
+// TestRedisAcksCombined: while ackCallsInFlight ack rounds are in flight
+// (held in the onScript hook), further Acks wait and then share one round:
+// on a single Redis one call for all of them; on Cluster one call per
+// shard, in one round trip. Every Ack gets its own result, and each user
+// is delivered once.
+func TestRedisAcksCombined(t *testing.T) {
+	t.Parallel()
+	for _, tc := range redisTopologies {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, rb, ns, shards := hundredUsers(t, tc.url(t))
+			testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
+			bs := claimAll(t, q, len(ns))
+			hold, release := make(chan struct{}, len(ns)), make(chan struct{})
+			var mu sync.Mutex
+			var calls []int // users per ack call
+			rb.onScript = func(name string, ks []string) {
+				if name != "ack" {
+					return
+				}
+				mu.Lock()
+				calls = append(calls, len(ks)/7)
+				first := len(calls) <= ackCallsInFlight
+				mu.Unlock()
+				if first {
+					hold <- struct{}{}
+					<-release
+				}
+			}
+			results := make([]int, len(bs))
+			errs := make([]error, len(bs))
+			var wg sync.WaitGroup
+			ack := func(i int) {
+				defer wg.Done()
+				results[i], errs[i] = q.Ack(ctxb, bs[i], bs[i].Items[0].ID)
+			}
+			// The first ackCallsInFlight Acks are sent, and held.
+			for i := range ackCallsInFlight {
+				wg.Add(1)
+				go ack(i)
+				<-hold
+			}
+			for i := ackCallsInFlight; i < len(bs); i++ {
+				wg.Add(1)
+				go ack(i)
+			}
+			until(t, "the other Acks to wait", 10*time.Second, func() bool {
+				rb.acks.mu.Lock()
+				defer rb.acks.mu.Unlock()
+				return len(rb.acks.queue) == len(bs)-ackCallsInFlight
+			})
+			close(release)
+			wg.Wait()
+			for i := range bs {
+				if errs[i] != nil || results[i] != 1 {
+					t.Fatalf("Ack %d: %d, %v", i, results[i], errs[i])
+				}
+			}
+			waiting := len(bs) - ackCallsInFlight
+			want := ackCallsInFlight + (waiting+maxAckBatch-1)/maxAckBatch
+			if tc.name == "cluster" {
+				want = -1 // one call per shard of the waiting users, checked below
+			}
+			if want > 0 && len(calls) != want {
+				t.Errorf("%d ack calls of %v users, want %d", len(calls), calls, want)
+			}
+			if tc.name == "cluster" && len(calls) > ackCallsInFlight+len(shards) {
+				t.Errorf("%d ack calls of %v users, want at most %d", len(calls), calls, ackCallsInFlight+len(shards))
+			}
+			if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Delivered != int64(len(ns)) || st.Inflight != 0 {
+				t.Fatalf("Stats %+v, want %d delivered", st, len(ns))
+			}
+		})
+	}
+}
+
+// TestRedisAckGivesUp: an Ack that waits for a turn longer than
+// Config.Timeout (every round held) returns an ErrBackend error and sends
+// nothing; once the rounds are released, Acks are sent at once again (no
+// turn is lost) and the abandoned one can be sent again.
+func TestRedisAckGivesUp(t *testing.T) {
+	t.Parallel()
+	client := redistest.Client(t, redistest.URL(t))
+	const timeout = 300 * time.Millisecond
+	q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: timeout}))
+	rb := q.(*queue).b.(*redisBackend)
+	var ns []Notification
+	for u := range ackCallsInFlight + 1 {
+		ns = append(ns, note(fmt.Sprintf("user-%d", u), "a"))
+	}
+	testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
+	bs := claimAll(t, q, len(ns))
+	hold, release := make(chan struct{}, len(ns)), make(chan struct{})
+	var held atomic.Int32
+	rb.onScript = func(name string, _ []string) {
+		if name == "ack" && held.Add(1) <= int32(ackCallsInFlight) {
+			hold <- struct{}{}
+			<-release
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range ackCallsInFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = q.Ack(ctxb, bs[i], "a") // held past its timeout: fails or not, either is fine
+		}()
+		<-hold
+	}
+	last := bs[len(bs)-1]
+	start := time.Now()
+	_, err := q.Ack(ctxb, last, "a")
+	if !errors.Is(err, ErrBackend) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Ack waiting past the timeout: %v, want ErrBackend and DeadlineExceeded", err)
+	}
+	if d := time.Since(start); d > 3*timeout {
+		t.Fatalf("the waiting Ack took %v, timeout %v", d, timeout)
+	}
+	close(release)
+	wg.Wait()
+	// Its lease is still held: nothing of it was sent. Sent again, it lands.
+	if n, err := q.Ack(ctxb, last, "a"); err != nil || n != 1 {
+		t.Fatalf("Ack after the rounds ended: %d, %v", n, err)
+	}
+	rb.acks.mu.Lock()
+	defer rb.acks.mu.Unlock()
+	if rb.acks.inFlight != 0 || len(rb.acks.queue) != 0 {
+		t.Fatalf("combiner left with %d turns, %d waiting", rb.acks.inFlight, len(rb.acks.queue))
 	}
 }
