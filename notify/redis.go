@@ -96,6 +96,7 @@ type redisBackend struct {
 	kb           keys.Builder
 	timeout      time.Duration
 	shards       int
+	shardKs      []shardKeys // per shard, built by NewRedis
 	lease        time.Duration
 	deadCap      int              // per shard
 	deliveredCap int              // per shard
@@ -151,6 +152,13 @@ func NewRedis(client rueidis.Client, cfg Config) Queue {
 		deliveredCap: (cfg.deliveredCap() + shards - 1) / shards,
 		log:          lograte.New(cfg.logger(), 0),
 	}
+	// The shards' key names, built once: every call names several.
+	r.shardKs = make([]shardKeys, shards)
+	for s := range r.shardKs {
+		tag := r.kb.RawKey(keyCapability, strconv.Itoa(s))
+		r.shardKs[s] = shardKeys{tag: tag, due: tag + ":due", data: tag + ":data", w: tag + ":w", r: tag + ":r",
+			dead: tag + ":dead", done: tag + ":done", statsKey: tag + ":stats"}
+	}
 	return &queue{cfg: cfg, b: r, m: newMetrics(cfg.Registerer), kind: "redis", cfgErr: cfgErr}
 }
 
@@ -160,11 +168,7 @@ type shardKeys struct {
 	due, data, w, r, dead, done, statsKey string
 }
 
-func (r *redisBackend) shard(s int) shardKeys {
-	tag := r.kb.RawKey(keyCapability, strconv.Itoa(s))
-	return shardKeys{tag: tag, due: tag + ":due", data: tag + ":data", w: tag + ":w", r: tag + ":r",
-		dead: tag + ":dead", done: tag + ":done", statsKey: tag + ":stats"}
-}
+func (r *redisBackend) shard(s int) shardKeys { return r.shardKs[s] }
 
 // userKeys are one user's keys and its key-safe id.
 type userKeys struct {
