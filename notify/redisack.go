@@ -17,7 +17,7 @@ const maxAckBatch = 32
 
 // ackCallsInFlight is how many ack.lua rounds a backend keeps in flight
 // before further Acks wait to share the next one.
-var ackCallsInFlight = 2
+const ackCallsInFlight = 2
 
 // ackCombiner merges concurrent Acks into shared ack.lua calls. An Ack
 // that finds fewer than ackCallsInFlight rounds in flight is sent at once
