@@ -1,5 +1,5 @@
 -- ack.lua: record leased items as delivered (fenced), for one or more
--- users: concurrent Acks share a call (see ackCombiner). On Cluster a
+-- users: concurrent Acks share a call (see combiner, combine.go). On Cluster a
 -- call's users are of one shard (one slot); on a single Redis of any.
 --
 -- KEYS seven per user i = 0, 1, ...:

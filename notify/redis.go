@@ -106,7 +106,8 @@ type redisBackend struct {
 	// it is sent.
 	onScript func(name string, keys []string)
 	wake     wakePublisher
-	acks     ackCombiner
+	acks     combiner[*ackReq]
+	enqs     combiner[*enqReq]
 }
 
 var _ backend = (*redisBackend)(nil)
@@ -254,7 +255,8 @@ func msOf(t time.Time) string {
 }
 
 // maxEnqueueBatch is the most items one enqueue script call carries. The
-// items of an Enqueue or EnqueueMany go in as few calls as the topology
+// items of an EnqueueMany, and concurrent Enqueues (see enqReq), go in as
+// few calls as the topology
 // allows (all in one on a single Redis, one per shard on Cluster, where a
 // script's keys must share a slot), so a call's fixed cost is shared: about
 // a fifth of a lone enqueue's server time (bench/README.md). The cap keeps
@@ -262,10 +264,67 @@ func msOf(t time.Time) string {
 // so other clients' commands are not held up behind a long script.
 const maxEnqueueBatch = 32
 
+// enqReq is one Enqueue in the backend's enqueue combiner (combine.go):
+// concurrent Enqueues share enqueue.lua calls, as EnqueueMany's items do.
+type enqReq struct {
+	it  item
+	res Result
+	err error
+}
+
 func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, error) {
-	// Group the items (by shard on Cluster), keeping their order within a
-	// group (an id given twice is then stored once, the first time), in
-	// chunks of at most maxEnqueueBatch.
+	if len(items) != 1 {
+		// EnqueueMany: its items already share calls.
+		groups, calls := r.enqueueCalls(items)
+		res, err := r.run(ctx, "enqueue", calls)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]Result, len(items))
+		for j, x := range res {
+			if err := r.enqueueResults(ctx, x, groups[j], items, out); err != nil {
+				return nil, err
+			}
+		}
+		return out, nil
+	}
+	req := &enqReq{it: items[0]}
+	if err := r.enqs.do(ctx, req, r.timeout, r.sendEnqueues); err != nil {
+		return nil, r.combineFailed(ctx, "enqueue", err)
+	}
+	if req.err != nil {
+		return nil, req.err
+	}
+	return []Result{req.res}, nil
+}
+
+// sendEnqueues sends one round of Enqueues; each gets its call's result.
+func (r *redisBackend) sendEnqueues(ctx context.Context, reqs []*enqReq) {
+	items := make([]item, len(reqs))
+	for i, q := range reqs {
+		items[i] = q.it
+	}
+	groups, calls := r.enqueueCalls(items)
+	// run's error is the first call's failure; each call's own is below.
+	res, _ := r.run(ctx, "enqueue", calls)
+	out := make([]Result, len(items))
+	for j, x := range res {
+		err := x.Error()
+		if err != nil {
+			err = r.fail(ctx, "enqueue", err)
+		} else {
+			err = r.enqueueResults(ctx, x, groups[j], items, out)
+		}
+		for _, i := range groups[j] {
+			reqs[i].res, reqs[i].err = out[i], err
+		}
+	}
+}
+
+// enqueueCalls groups items into enqueue.lua calls (by shard on Cluster),
+// keeping their order within a group (an id given twice is then stored
+// once, the first time), in chunks of at most maxEnqueueBatch.
+func (r *redisBackend) enqueueCalls(items []item) ([][]int, []call) {
 	users := make([]userKeys, len(items))
 	for i, it := range items {
 		users[i] = r.user(it.n.UserID)
@@ -283,34 +342,32 @@ func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, err
 		}
 		calls[j] = call{s: scriptEnqueue, keys: ks, args: args}
 	}
-	res, err := r.run(ctx, "enqueue", calls)
-	if err != nil {
-		return nil, err
+	return groups, calls
+}
+
+// enqueueResults writes the results of one enqueue.lua call, of the items
+// g, into out.
+func (r *redisBackend) enqueueResults(ctx context.Context, x rueidis.RedisResult, g []int, items []item, out []Result) error {
+	v, err := x.ToArray()
+	if err != nil || len(v) != 1+2*len(g) {
+		return r.bad(ctx, "enqueue", fmt.Errorf("%d elements for %d items, %v", len(v), len(g), err))
 	}
-	out := make([]Result, len(items))
-	for j, x := range res {
-		g := groups[j]
-		v, err := x.ToArray()
-		if err != nil || len(v) != 1+2*len(g) {
-			return nil, r.bad(ctx, "enqueue", fmt.Errorf("%d elements for %d items, %v", len(v), len(g), err))
+	now, _ := v[0].AsInt64()
+	for k, i := range g {
+		created, _ := v[1+2*k].AsInt64()
+		meta, _ := v[2+2*k].ToString()
+		out[i] = Result{ID: items[i].n.ID, Created: created == 1}
+		if meta == "delivered" {
+			out[i].State = StateDelivered
+			continue
 		}
-		now, _ := v[0].AsInt64()
-		for k, i := range g {
-			created, _ := v[1+2*k].AsInt64()
-			meta, _ := v[2+2*k].ToString()
-			out[i] = Result{ID: items[i].n.ID, Created: created == 1}
-			if meta == "delivered" {
-				out[i].State = StateDelivered
-				continue
-			}
-			m, err := parseMeta(meta)
-			if err != nil {
-				return nil, r.bad(ctx, "enqueue", err)
-			}
-			out[i].State = m.state(now)
+		m, err := parseMeta(meta)
+		if err != nil {
+			return r.bad(ctx, "enqueue", err)
 		}
+		out[i].State = m.state(now)
 	}
-	return out, nil
+	return nil
 }
 
 // meta is the mutable part of a stored notification (see common.lua).

@@ -640,7 +640,7 @@ func claimAll(t *testing.T, q Queue, users int) []Batch {
 	return bs
 }
 
-// TestRedisAcksCombined: while ackCallsInFlight ack rounds are in flight
+// TestRedisAcksCombined: while roundsInFlight ack rounds are in flight
 // (held in the onScript hook), further Acks wait and then share one round:
 // on a single Redis one call for all of them; on Cluster one call per
 // shard, in one round trip. Every Ack gets its own result, and each user
@@ -662,7 +662,7 @@ func TestRedisAcksCombined(t *testing.T) {
 				}
 				mu.Lock()
 				calls = append(calls, len(ks)/7)
-				first := len(calls) <= ackCallsInFlight
+				first := len(calls) <= roundsInFlight
 				mu.Unlock()
 				if first {
 					hold <- struct{}{}
@@ -676,20 +676,20 @@ func TestRedisAcksCombined(t *testing.T) {
 				defer wg.Done()
 				results[i], errs[i] = q.Ack(ctxb, bs[i], bs[i].Items[0].ID)
 			}
-			// The first ackCallsInFlight Acks are sent, and held.
-			for i := range ackCallsInFlight {
+			// The first roundsInFlight Acks are sent, and held.
+			for i := range roundsInFlight {
 				wg.Add(1)
 				go ack(i)
 				<-hold
 			}
-			for i := ackCallsInFlight; i < len(bs); i++ {
+			for i := roundsInFlight; i < len(bs); i++ {
 				wg.Add(1)
 				go ack(i)
 			}
 			until(t, "the other Acks to wait", 10*time.Second, func() bool {
 				rb.acks.mu.Lock()
 				defer rb.acks.mu.Unlock()
-				return len(rb.acks.queue) == len(bs)-ackCallsInFlight
+				return len(rb.acks.queue) == len(bs)-roundsInFlight
 			})
 			close(release)
 			wg.Wait()
@@ -698,19 +698,145 @@ func TestRedisAcksCombined(t *testing.T) {
 					t.Fatalf("Ack %d: %d, %v", i, results[i], errs[i])
 				}
 			}
-			waiting := len(bs) - ackCallsInFlight
+			waiting := len(bs) - roundsInFlight
 			if tc.name == "cluster" {
 				// One call per shard of the waiting users, in one round.
-				if len(calls) > ackCallsInFlight+len(shards) {
-					t.Errorf("%d ack calls of %v users, want at most %d", len(calls), calls, ackCallsInFlight+len(shards))
+				if len(calls) > roundsInFlight+len(shards) {
+					t.Errorf("%d ack calls of %v users, want at most %d", len(calls), calls, roundsInFlight+len(shards))
 				}
-			} else if want := ackCallsInFlight + (waiting+maxAckBatch-1)/maxAckBatch; len(calls) != want {
+			} else if want := roundsInFlight + (waiting+maxAckBatch-1)/maxAckBatch; len(calls) != want {
 				t.Errorf("%d ack calls of %v users, want %d", len(calls), calls, want)
 			}
 			if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Delivered != int64(len(ns)) || st.Inflight != 0 {
 				t.Fatalf("Stats %+v, want %d delivered", st, len(ns))
 			}
 		})
+	}
+}
+
+// TestRedisEnqueuesCombined: while roundsInFlight enqueue rounds are in
+// flight (held in the onScript hook), further Enqueues wait and then share
+// one round (on Cluster one call per shard, in one round trip). Each
+// Enqueue gets its own result; the same id enqueued twice in the shared
+// round is created once, and every item is stored once.
+func TestRedisEnqueuesCombined(t *testing.T) {
+	t.Parallel()
+	for _, tc := range redisTopologies {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			q, rb, ns, shards := hundredUsers(t, tc.url(t))
+			// The last user's item twice: two callers, one notification.
+			ns = append(ns, ns[len(ns)-1])
+			hold, release := make(chan struct{}, len(ns)), make(chan struct{})
+			var mu sync.Mutex
+			var calls []int // items per enqueue call
+			rb.onScript = func(name string, ks []string) {
+				if name != "enqueue" {
+					return
+				}
+				mu.Lock()
+				calls = append(calls, len(ks)/7)
+				first := len(calls) <= roundsInFlight
+				mu.Unlock()
+				if first {
+					hold <- struct{}{}
+					<-release
+				}
+			}
+			results := make([]Result, len(ns))
+			errs := make([]error, len(ns))
+			var wg sync.WaitGroup
+			enqueue := func(i int) {
+				defer wg.Done()
+				results[i], errs[i] = q.Enqueue(ctxb, ns[i])
+			}
+			for i := range roundsInFlight {
+				wg.Add(1)
+				go enqueue(i)
+				<-hold
+			}
+			for i := roundsInFlight; i < len(ns); i++ {
+				wg.Add(1)
+				go enqueue(i)
+			}
+			until(t, "the other Enqueues to wait", 10*time.Second, func() bool {
+				rb.enqs.mu.Lock()
+				defer rb.enqs.mu.Unlock()
+				return len(rb.enqs.queue) == len(ns)-roundsInFlight
+			})
+			close(release)
+			wg.Wait()
+			created := 0
+			for i, r := range results {
+				if errs[i] != nil || r.ID != ns[i].ID || r.State != StatePending {
+					t.Fatalf("Enqueue %d: %+v, %v", i, r, errs[i])
+				}
+				if r.Created {
+					created++
+				}
+			}
+			if created != len(ns)-1 {
+				t.Errorf("%d created, want %d (one id given twice)", created, len(ns)-1)
+			}
+			waiting := len(ns) - roundsInFlight
+			if tc.name == "cluster" {
+				if len(calls) > roundsInFlight+len(shards) {
+					t.Errorf("%d enqueue calls of %v items, want at most %d", len(calls), calls, roundsInFlight+len(shards))
+				}
+			} else if want := roundsInFlight + (waiting+maxEnqueueBatch-1)/maxEnqueueBatch; len(calls) != want {
+				t.Errorf("%d enqueue calls of %v items, want %d", len(calls), calls, want)
+			}
+			if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != int64(len(ns)-1) {
+				t.Fatalf("Stats %+v, want %d pending", st, len(ns)-1)
+			}
+		})
+	}
+}
+
+// TestRedisEnqueueCanceledWhileWaiting: an Enqueue waiting for a shared
+// round (every round held) whose ctx ends returns the ctx's error at once
+// and stores nothing; the held Enqueues still land.
+func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
+	t.Parallel()
+	q, rb, ns, _ := hundredUsers(t, redistest.URL(t))
+	hold, release := make(chan struct{}, len(ns)), make(chan struct{})
+	var held atomic.Int32
+	rb.onScript = func(name string, _ []string) {
+		if name == "enqueue" && held.Add(1) <= int32(roundsInFlight) {
+			hold <- struct{}{}
+			<-release
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range roundsInFlight {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := q.Enqueue(ctxb, ns[i]); err != nil {
+				t.Errorf("held Enqueue %d: %v", i, err)
+			}
+		}()
+		<-hold
+	}
+	ctx, cancel := context.WithCancel(ctxb)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := q.Enqueue(ctx, ns[roundsInFlight])
+		errc <- err
+	}()
+	until(t, "the Enqueue to wait", 10*time.Second, func() bool {
+		rb.enqs.mu.Lock()
+		defer rb.enqs.mu.Unlock()
+		return len(rb.enqs.queue) == 1
+	})
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("canceled Enqueue: %v, want context.Canceled", err)
+	}
+	close(release)
+	wg.Wait()
+	if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != int64(roundsInFlight) {
+		t.Fatalf("Stats %+v, want the %d held items only", st, roundsInFlight)
 	}
 }
 
@@ -725,7 +851,7 @@ func TestRedisAckGivesUp(t *testing.T) {
 	q := NewRedis(client, quiet(Config{Prefix: redistest.Prefix(t), Timeout: timeout}))
 	rb := q.(*queue).b.(*redisBackend)
 	var ns []Notification
-	for u := range ackCallsInFlight + 1 {
+	for u := range roundsInFlight + 1 {
 		ns = append(ns, note(fmt.Sprintf("user-%d", u), "a"))
 	}
 	testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
@@ -733,13 +859,13 @@ func TestRedisAckGivesUp(t *testing.T) {
 	hold, release := make(chan struct{}, len(ns)), make(chan struct{})
 	var held atomic.Int32
 	rb.onScript = func(name string, _ []string) {
-		if name == "ack" && held.Add(1) <= int32(ackCallsInFlight) {
+		if name == "ack" && held.Add(1) <= int32(roundsInFlight) {
 			hold <- struct{}{}
 			<-release
 		}
 	}
 	var wg sync.WaitGroup
-	for i := range ackCallsInFlight {
+	for i := range roundsInFlight {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
