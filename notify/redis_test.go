@@ -640,6 +640,49 @@ func claimAll(t *testing.T, q Queue, users int) []Batch {
 	return bs
 }
 
+// sharedRounds runs do(0), ..., do(n-1) concurrently against rb while its
+// first roundsInFlight calls of script are held (in the onScript hook):
+// the first roundsInFlight calls are sent and held, the others must all
+// wait in the combiner (waiting reports how many do), then every call is
+// released. It returns the number of items (or users) of each call of
+// script, 7 keys each, in the order they were sent.
+func sharedRounds(t *testing.T, rb *redisBackend, script string, n int, do func(i int), waiting func() int) []int {
+	t.Helper()
+	hold, release := make(chan struct{}, n), make(chan struct{})
+	var mu sync.Mutex
+	var calls []int
+	rb.onScript = func(name string, ks []string) {
+		if name != script {
+			return
+		}
+		mu.Lock()
+		calls = append(calls, len(ks)/7)
+		first := len(calls) <= roundsInFlight
+		mu.Unlock()
+		if first {
+			hold <- struct{}{}
+			<-release
+		}
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			do(i)
+		}()
+		if i < roundsInFlight {
+			<-hold
+		}
+	}
+	until(t, "the other calls to wait", 10*time.Second, func() bool { return waiting() == n-roundsInFlight })
+	close(release)
+	wg.Wait()
+	mu.Lock()
+	defer mu.Unlock()
+	return calls
+}
+
 // TestRedisAcksCombined: while roundsInFlight ack rounds are in flight
 // (held in the onScript hook), further Acks wait and then share one round:
 // on a single Redis one call for all of them; on Cluster one call per
@@ -653,46 +696,15 @@ func TestRedisAcksCombined(t *testing.T) {
 			q, rb, ns, shards := hundredUsers(t, tc.url(t))
 			testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
 			bs := claimAll(t, q, len(ns))
-			hold, release := make(chan struct{}, len(ns)), make(chan struct{})
-			var mu sync.Mutex
-			var calls []int // users per ack call
-			rb.onScript = func(name string, ks []string) {
-				if name != "ack" {
-					return
-				}
-				mu.Lock()
-				calls = append(calls, len(ks)/7)
-				first := len(calls) <= roundsInFlight
-				mu.Unlock()
-				if first {
-					hold <- struct{}{}
-					<-release
-				}
-			}
 			results := make([]int, len(bs))
 			errs := make([]error, len(bs))
-			var wg sync.WaitGroup
-			ack := func(i int) {
-				defer wg.Done()
+			calls := sharedRounds(t, rb, "ack", len(bs), func(i int) {
 				results[i], errs[i] = q.Ack(ctxb, bs[i], bs[i].Items[0].ID)
-			}
-			// The first roundsInFlight Acks are sent, and held.
-			for i := range roundsInFlight {
-				wg.Add(1)
-				go ack(i)
-				<-hold
-			}
-			for i := roundsInFlight; i < len(bs); i++ {
-				wg.Add(1)
-				go ack(i)
-			}
-			until(t, "the other Acks to wait", 10*time.Second, func() bool {
+			}, func() int {
 				rb.acks.mu.Lock()
 				defer rb.acks.mu.Unlock()
-				return len(rb.acks.queue) == len(bs)-roundsInFlight
+				return len(rb.acks.queue)
 			})
-			close(release)
-			wg.Wait()
 			for i := range bs {
 				if errs[i] != nil || results[i] != 1 {
 					t.Fatalf("Ack %d: %d, %v", i, results[i], errs[i])
@@ -727,45 +739,15 @@ func TestRedisEnqueuesCombined(t *testing.T) {
 			q, rb, ns, shards := hundredUsers(t, tc.url(t))
 			// The last user's item twice: two callers, one notification.
 			ns = append(ns, ns[len(ns)-1])
-			hold, release := make(chan struct{}, len(ns)), make(chan struct{})
-			var mu sync.Mutex
-			var calls []int // items per enqueue call
-			rb.onScript = func(name string, ks []string) {
-				if name != "enqueue" {
-					return
-				}
-				mu.Lock()
-				calls = append(calls, len(ks)/7)
-				first := len(calls) <= roundsInFlight
-				mu.Unlock()
-				if first {
-					hold <- struct{}{}
-					<-release
-				}
-			}
 			results := make([]Result, len(ns))
 			errs := make([]error, len(ns))
-			var wg sync.WaitGroup
-			enqueue := func(i int) {
-				defer wg.Done()
+			calls := sharedRounds(t, rb, "enqueue", len(ns), func(i int) {
 				results[i], errs[i] = q.Enqueue(ctxb, ns[i])
-			}
-			for i := range roundsInFlight {
-				wg.Add(1)
-				go enqueue(i)
-				<-hold
-			}
-			for i := roundsInFlight; i < len(ns); i++ {
-				wg.Add(1)
-				go enqueue(i)
-			}
-			until(t, "the other Enqueues to wait", 10*time.Second, func() bool {
+			}, func() int {
 				rb.enqs.mu.Lock()
 				defer rb.enqs.mu.Unlock()
-				return len(rb.enqs.queue) == len(ns)-roundsInFlight
+				return len(rb.enqs.queue)
 			})
-			close(release)
-			wg.Wait()
 			created := 0
 			for i, r := range results {
 				if errs[i] != nil || r.ID != ns[i].ID || r.State != StatePending {
