@@ -256,9 +256,9 @@ func msOf(t time.Time) string {
 
 // maxEnqueueBatch is the most items one enqueue script call carries. The
 // items of an EnqueueMany, and concurrent Enqueues (see enqReq), go in as
-// few calls as the topology
-// allows (all in one on a single Redis, one per shard on Cluster, where a
-// script's keys must share a slot), so a call's fixed cost is shared: about
+// few calls as the topology allows (all in one on a single Redis, one per
+// shard on Cluster, where a script's keys must share a slot), so a call's
+// fixed cost is shared: about
 // a fifth of a lone enqueue's server time (bench/README.md). The cap keeps
 // any one call short (about 40µs of server time per item, so about 1.3ms),
 // so other clients' commands are not held up behind a long script.
@@ -275,14 +275,9 @@ type enqReq struct {
 func (r *redisBackend) enqueue(ctx context.Context, items []item) ([]Result, error) {
 	if len(items) != 1 {
 		// EnqueueMany: its items already share calls.
-		groups, calls := r.enqueueCalls(items)
-		res, err := r.run(ctx, "enqueue", calls)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]Result, len(items))
-		for j, x := range res {
-			if err := r.enqueueResults(ctx, x, groups[j], items, out); err != nil {
+		out, errs := r.enqueueNow(ctx, items)
+		for _, err := range errs {
+			if err != nil {
 				return nil, err
 			}
 		}
@@ -304,21 +299,30 @@ func (r *redisBackend) sendEnqueues(ctx context.Context, reqs []*enqReq) {
 	for i, q := range reqs {
 		items[i] = q.it
 	}
+	out, errs := r.enqueueNow(ctx, items)
+	for i, q := range reqs {
+		q.res, q.err = out[i], errs[i]
+	}
+}
+
+// enqueueNow sends the items' calls in one pipeline and returns each
+// item's result, or the error of its call.
+func (r *redisBackend) enqueueNow(ctx context.Context, items []item) ([]Result, []error) {
 	groups, calls := r.enqueueCalls(items)
-	// run's error is the first call's failure; each call's own is below.
-	res, _ := r.run(ctx, "enqueue", calls)
-	out := make([]Result, len(items))
+	// run's error is the first failed call's (logged once, mapped to ctx's
+	// error when ctx ended); every failed call reports it.
+	res, runErr := r.run(ctx, "enqueue", calls)
+	out, errs := make([]Result, len(items)), make([]error, len(items))
 	for j, x := range res {
-		err := x.Error()
-		if err != nil {
-			err = r.fail(ctx, "enqueue", err)
-		} else {
+		err := runErr
+		if x.Error() == nil {
 			err = r.enqueueResults(ctx, x, groups[j], items, out)
 		}
 		for _, i := range groups[j] {
-			reqs[i].res, reqs[i].err = out[i], err
+			errs[i] = err
 		}
 	}
+	return out, errs
 }
 
 // enqueueCalls groups items into enqueue.lua calls (by shard on Cluster),

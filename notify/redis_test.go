@@ -775,18 +775,17 @@ func TestRedisEnqueuesCombined(t *testing.T) {
 	}
 }
 
-// TestRedisEnqueueCanceledWhileWaiting: an Enqueue waiting for a shared
-// round (every round held) whose ctx ends returns the ctx's error at once
-// and stores nothing; the held Enqueues still land.
-func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
-	t.Parallel()
-	q, rb, ns, _ := hundredUsers(t, redistest.URL(t))
-	hold, release := make(chan struct{}, len(ns)), make(chan struct{})
+// holdRounds starts do(0), ..., do(roundsInFlight-1), each on its own
+// goroutine, and returns once each has sent its call of script, held in
+// the onScript hook; release lets them finish and waits for them.
+func holdRounds(t *testing.T, rb *redisBackend, script string, do func(i int)) (release func()) {
+	t.Helper()
+	hold, free := make(chan struct{}, roundsInFlight), make(chan struct{})
 	var held atomic.Int32
 	rb.onScript = func(name string, _ []string) {
-		if name == "enqueue" && held.Add(1) <= int32(roundsInFlight) {
+		if name == script && held.Add(1) <= int32(roundsInFlight) {
 			hold <- struct{}{}
-			<-release
+			<-free
 		}
 	}
 	var wg sync.WaitGroup
@@ -794,12 +793,27 @@ func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := q.Enqueue(ctxb, ns[i]); err != nil {
-				t.Errorf("held Enqueue %d: %v", i, err)
-			}
+			do(i)
 		}()
 		<-hold
 	}
+	return func() {
+		close(free)
+		wg.Wait()
+	}
+}
+
+// TestRedisEnqueueCanceledWhileWaiting: an Enqueue waiting for a shared
+// round (every round held) whose ctx ends returns the ctx's error at once
+// and stores nothing; the held Enqueues still land.
+func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
+	t.Parallel()
+	q, rb, ns, _ := hundredUsers(t, redistest.URL(t))
+	release := holdRounds(t, rb, "enqueue", func(i int) {
+		if _, err := q.Enqueue(ctxb, ns[i]); err != nil {
+			t.Errorf("held Enqueue %d: %v", i, err)
+		}
+	})
 	ctx, cancel := context.WithCancel(ctxb)
 	errc := make(chan error, 1)
 	go func() {
@@ -815,8 +829,7 @@ func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled Enqueue: %v, want context.Canceled", err)
 	}
-	close(release)
-	wg.Wait()
+	release()
 	if st := testutil.Must[Stats](t, "Stats")(q.Stats(ctxb)); st.Pending != int64(roundsInFlight) {
 		t.Fatalf("Stats %+v, want the %d held items only", st, roundsInFlight)
 	}
@@ -838,23 +851,9 @@ func TestRedisAckGivesUp(t *testing.T) {
 	}
 	testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
 	bs := claimAll(t, q, len(ns))
-	hold, release := make(chan struct{}, len(ns)), make(chan struct{})
-	var held atomic.Int32
-	rb.onScript = func(name string, _ []string) {
-		if name == "ack" && held.Add(1) <= int32(roundsInFlight) {
-			hold <- struct{}{}
-			<-release
-		}
-	}
-	var wg sync.WaitGroup
-	for i := range roundsInFlight {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			_, _ = q.Ack(ctxb, bs[i], "a") // held past its timeout: fails or not, either is fine
-		}()
-		<-hold
-	}
+	release := holdRounds(t, rb, "ack", func(i int) {
+		_, _ = q.Ack(ctxb, bs[i], "a") // held past its timeout: fails or not, either is fine
+	})
 	last := bs[len(bs)-1]
 	start := time.Now()
 	_, err := q.Ack(ctxb, last, "a")
@@ -864,8 +863,7 @@ func TestRedisAckGivesUp(t *testing.T) {
 	if d := time.Since(start); d > 3*timeout {
 		t.Fatalf("the waiting Ack took %v, timeout %v", d, timeout)
 	}
-	close(release)
-	wg.Wait()
+	release()
 	// Its lease is still held: nothing of it was sent. Sent again, it lands.
 	if n, err := q.Ack(ctxb, last, "a"); err != nil || n != 1 {
 		t.Fatalf("Ack after the rounds ended: %d, %v", n, err)

@@ -67,10 +67,11 @@ func (r *redisBackend) sendAcks(ctx context.Context, reqs []*ackReq) {
 		}
 		calls[j] = call{s: scriptAck, keys: ks, args: args}
 	}
-	// run's error is the first call's failure; each call's own is below.
-	res, _ := r.run(ctx, "ack", calls)
+	// run's error is the first failed call's (logged once); every failed
+	// call reports it.
+	res, runErr := r.run(ctx, "ack", calls)
 	for j, g := range groups {
-		v, err := r.ackResult(ctx, res[j], len(g))
+		v, err := r.ackResult(ctx, res[j], runErr, len(g))
 		for k, i := range g {
 			if err != nil {
 				reqs[i].err = err
@@ -81,10 +82,11 @@ func (r *redisBackend) sendAcks(ctx context.Context, reqs []*ackReq) {
 	}
 }
 
-// ackResult is one ack.lua call's per-user results.
-func (r *redisBackend) ackResult(ctx context.Context, x rueidis.RedisResult, users int) ([]int64, error) {
-	if err := x.Error(); err != nil {
-		return nil, r.fail(ctx, "ack", err)
+// ackResult is one ack.lua call's per-user results; runErr is the
+// pipeline's error, for a failed call.
+func (r *redisBackend) ackResult(ctx context.Context, x rueidis.RedisResult, runErr error, users int) ([]int64, error) {
+	if x.Error() != nil {
+		return nil, runErr
 	}
 	v, err := x.AsIntSlice()
 	if err == nil && len(v) != users {
