@@ -258,10 +258,10 @@ func msOf(t time.Time) string {
 // items of an EnqueueMany, and concurrent Enqueues (see enqReq), go in as
 // few calls as the topology allows (all in one on a single Redis, one per
 // shard on Cluster, where a script's keys must share a slot), so a call's
-// fixed cost is shared: about
-// a fifth of a lone enqueue's server time (bench/README.md). The cap keeps
-// any one call short (about 40µs of server time per item, so about 1.3ms),
-// so other clients' commands are not held up behind a long script.
+// fixed cost is shared: about a fifth of a lone enqueue's server time
+// (bench/README.md). The cap keeps any one call short (about 40µs of server
+// time per item, so about 1.3ms), so other clients' commands are not held
+// up behind a long script.
 const maxEnqueueBatch = 32
 
 // enqReq is one Enqueue in the backend's enqueue combiner (combine.go):

@@ -641,42 +641,29 @@ func claimAll(t *testing.T, q Queue, users int) []Batch {
 }
 
 // sharedRounds runs do(0), ..., do(n-1) concurrently against rb while its
-// first roundsInFlight calls of script are held (in the onScript hook):
-// the first roundsInFlight calls are sent and held, the others must all
-// wait in the combiner (waiting reports how many do), then every call is
-// released. It returns the number of items (or users) of each call of
-// script, 7 keys each, in the order they were sent.
+// first roundsInFlight calls of script are held (see holdRounds): the
+// others must all wait in the combiner (waiting reports how many do), then
+// every call is released. It returns the number of items (or users) of
+// each call of script, 7 keys each.
 func sharedRounds(t *testing.T, rb *redisBackend, script string, n int, do func(i int), waiting func() int) []int {
 	t.Helper()
-	hold, release := make(chan struct{}, n), make(chan struct{})
 	var mu sync.Mutex
 	var calls []int
-	rb.onScript = func(name string, ks []string) {
-		if name != script {
-			return
-		}
+	release := holdRounds(t, rb, script, func(ks []string) {
 		mu.Lock()
 		calls = append(calls, len(ks)/7)
-		first := len(calls) <= roundsInFlight
 		mu.Unlock()
-		if first {
-			hold <- struct{}{}
-			<-release
-		}
-	}
+	}, do)
 	var wg sync.WaitGroup
-	for i := range n {
+	for i := roundsInFlight; i < n; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			do(i)
 		}()
-		if i < roundsInFlight {
-			<-hold
-		}
 	}
 	until(t, "the other calls to wait", 10*time.Second, func() bool { return waiting() == n-roundsInFlight })
-	close(release)
+	release()
 	wg.Wait()
 	mu.Lock()
 	defer mu.Unlock()
@@ -777,13 +764,20 @@ func TestRedisEnqueuesCombined(t *testing.T) {
 
 // holdRounds starts do(0), ..., do(roundsInFlight-1), each on its own
 // goroutine, and returns once each has sent its call of script, held in
-// the onScript hook; release lets them finish and waits for them.
-func holdRounds(t *testing.T, rb *redisBackend, script string, do func(i int)) (release func()) {
+// the onScript hook; release lets them finish and waits for them. each,
+// when not nil, sees the keys of every call of script.
+func holdRounds(t *testing.T, rb *redisBackend, script string, each func(keys []string), do func(i int)) (release func()) {
 	t.Helper()
 	hold, free := make(chan struct{}, roundsInFlight), make(chan struct{})
 	var held atomic.Int32
-	rb.onScript = func(name string, _ []string) {
-		if name == script && held.Add(1) <= int32(roundsInFlight) {
+	rb.onScript = func(name string, ks []string) {
+		if name != script {
+			return
+		}
+		if each != nil {
+			each(ks)
+		}
+		if held.Add(1) <= int32(roundsInFlight) {
 			hold <- struct{}{}
 			<-free
 		}
@@ -809,7 +803,7 @@ func holdRounds(t *testing.T, rb *redisBackend, script string, do func(i int)) (
 func TestRedisEnqueueCanceledWhileWaiting(t *testing.T) {
 	t.Parallel()
 	q, rb, ns, _ := hundredUsers(t, redistest.URL(t))
-	release := holdRounds(t, rb, "enqueue", func(i int) {
+	release := holdRounds(t, rb, "enqueue", nil, func(i int) {
 		if _, err := q.Enqueue(ctxb, ns[i]); err != nil {
 			t.Errorf("held Enqueue %d: %v", i, err)
 		}
@@ -851,7 +845,7 @@ func TestRedisAckGivesUp(t *testing.T) {
 	}
 	testutil.Must[[]Result](t, "EnqueueMany")(q.EnqueueMany(ctxb, ns))
 	bs := claimAll(t, q, len(ns))
-	release := holdRounds(t, rb, "ack", func(i int) {
+	release := holdRounds(t, rb, "ack", nil, func(i int) {
 		_, _ = q.Ack(ctxb, bs[i], "a") // held past its timeout: fails or not, either is fine
 	})
 	last := bs[len(bs)-1]
